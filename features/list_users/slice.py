@@ -1,0 +1,166 @@
+"""GET /api/v1/users: admins list, search, filter and page through users (API.md).
+
+Keyset pagination: the cursor holds the sort key of the last row returned, so each
+page is one index range scan however deep it is, and rows inserted meanwhile never
+shift a page. Cursors are signed, so an edited or forged one is refused.
+"""
+
+import base64
+import binascii
+import hashlib
+import hmac
+import json
+import uuid
+from datetime import datetime
+from typing import Annotated, Any, Literal
+
+from fastapi import APIRouter, Query
+from pydantic import BaseModel, Field, SerializerFunctionWrapHandler, model_serializer
+from sqlalchemy import ColumnElement, func, literal, or_, select, tuple_
+from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.sql import Select
+
+from kernel.db import SessionDep
+from kernel.errors import ProblemError, problem_responses
+from kernel.fields import SafeText
+from kernel.security import AdminUser, SettingsDep
+from kernel.users import PrivateUser, User
+
+router = APIRouter(tags=["users"])
+
+Sort = Literal["created_at", "-created_at", "email", "-email"]
+
+
+class UserPage(BaseModel):
+    items: list[PrivateUser]
+    next_cursor: str | None
+    total: int | None = Field(default=None, description="Present only with include_total=true.")
+
+    @model_serializer(mode="wrap")
+    def _total_only_when_asked(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
+        data: dict[str, Any] = handler(self)
+        if self.total is None:
+            data.pop("total", None)
+        return data
+
+
+class InvalidCursor(ProblemError):
+    status, code, detail = 422, "invalid_cursor", "The cursor is malformed or was altered."
+
+
+class CursorCodec:
+    """`payload.signature`, both base64url; the payload names the sort it belongs to."""
+
+    def __init__(self, secret: str) -> None:
+        self._key = hashlib.sha256(f"list_users cursor:{secret}".encode()).digest()
+
+    def _sign(self, payload: bytes) -> bytes:
+        return hmac.new(self._key, payload, hashlib.sha256).digest()[:16]
+
+    def encode(self, sort: Sort, last: User) -> str:
+        key = last.email if sort.lstrip("-") == "email" else last.created_at.isoformat()
+        payload = json.dumps([sort, key, last.id.hex], separators=(",", ":")).encode()
+        return f"{_b64(payload)}.{_b64(self._sign(payload))}"
+
+    def decode(self, cursor: str, sort: Sort) -> tuple[Any, uuid.UUID]:
+        try:
+            payload_part, signature_part = cursor.split(".")
+            payload = _unb64(payload_part)
+            if not hmac.compare_digest(self._sign(payload), _unb64(signature_part)):
+                raise InvalidCursor()
+            cursor_sort, key, user_id = json.loads(payload)
+            if cursor_sort != sort:
+                raise InvalidCursor("The cursor belongs to another sort order.")
+            value = key if sort.lstrip("-") == "email" else datetime.fromisoformat(key)
+            return value, uuid.UUID(hex=user_id)
+        except (ValueError, TypeError, binascii.Error):
+            raise InvalidCursor() from None
+
+
+def _b64(raw: bytes) -> str:
+    return base64.urlsafe_b64encode(raw).rstrip(b"=").decode()
+
+
+def _unb64(text: str) -> bytes:
+    return base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
+
+
+def _escape_like(text: str) -> str:
+    return text.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+
+
+def _filtered(query: Select[Any], q: str | None, is_active: bool | None) -> Select[Any]:
+    if q:
+        pattern = f"%{_escape_like(q.lower())}%"
+        query = query.where(
+            or_(
+                *(
+                    func.lower(column).like(pattern, escape="\\")
+                    for column in (User.email, User.first_name, User.last_name)
+                )
+            )
+        )
+    if is_active is not None:
+        query = query.where(User.is_active == is_active)  # type: ignore[arg-type]
+    return query
+
+
+async def list_users(
+    session: AsyncSession,
+    codec: CursorCodec,
+    *,
+    limit: int,
+    cursor: str | None,
+    q: str | None,
+    is_active: bool | None,
+    sort: Sort,
+    include_total: bool,
+) -> UserPage:
+    column: Any = User.email if sort.lstrip("-") == "email" else User.created_at
+    descending = sort.startswith("-")
+    query = _filtered(select(User), q, is_active)
+    if cursor:
+        value, last_id = codec.decode(cursor, sort)
+        keys = tuple_(column, User.id)
+        after = tuple_(literal(value, column.type), literal(last_id, User.id.type))  # type: ignore[attr-defined]
+        position: ColumnElement[bool] = keys < after if descending else keys > after
+        query = query.where(position)
+    order = (column.desc(), User.id.desc()) if descending else (column, User.id)  # type: ignore[attr-defined]
+    rows = list((await session.scalars(query.order_by(*order).limit(limit + 1))).all())
+    page, more = rows[:limit], len(rows) > limit
+    total = None
+    if include_total:
+        total = await session.scalar(_filtered(select(func.count()).select_from(User), q, is_active))
+    return UserPage(
+        items=[PrivateUser.of(user) for user in page],
+        next_cursor=codec.encode(sort, page[-1]) if more else None,
+        total=total,
+    )
+
+
+@router.get(
+    "/users",
+    responses=problem_responses(InvalidCursor),
+)
+async def list_users_route(
+    _: AdminUser,
+    session: SessionDep,
+    settings: SettingsDep,
+    limit: Annotated[int, Query(ge=1, le=100)] = 20,
+    cursor: Annotated[str | None, Query(max_length=1000)] = None,
+    q: Annotated[SafeText | None, Query(max_length=100)] = None,
+    is_active: bool | None = None,
+    sort: Sort = "created_at",
+    include_total: bool = False,
+) -> UserPage:
+    """List users (admins only), newest last by default, one keyset page at a time."""
+    return await list_users(
+        session,
+        CursorCodec(settings.signing_key),
+        limit=limit,
+        cursor=cursor,
+        q=q,
+        is_active=is_active,
+        sort=sort,
+        include_total=include_total,
+    )

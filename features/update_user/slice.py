@@ -1,0 +1,159 @@
+"""PATCH /api/v1/users/me and PATCH /api/v1/users/{user_id}: partial update (API.md).
+
+Self-service changes of email or password need the current password; admins may edit
+anyone and set `is_active` / `is_superuser`. `If-Match` makes the update conditional,
+and the row's version column makes even unconditional concurrent updates safe.
+"""
+
+import uuid
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Header, Response
+from pydantic import field_validator
+from pydantic.json_schema import SkipJsonSchema
+from pydantic_core import PydanticCustomError
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from kernel.db import SessionDep
+from kernel.errors import (
+    EmailTaken,
+    Forbidden,
+    InvalidCurrentPassword,
+    LastAdmin,
+    PreconditionFailed,
+    ServerBusy,
+    UserNotFound,
+    problem_responses,
+)
+from kernel.fields import (
+    AvatarUrl,
+    Bio,
+    CurrentPassword,
+    Email,
+    Name,
+    Password,
+    StrictInput,
+    check_new_password,
+)
+from kernel.passwords import PasswordHashing
+from kernel.security import CurrentUser, PasswordsDep, SettingsDep
+from kernel.settings import Settings
+from kernel.users import PrivateUser, User, ensure_not_last_admin, etag
+
+router = APIRouter(tags=["users"])
+ADMIN_ONLY = frozenset({"is_active", "is_superuser"})
+NEEDS_CURRENT_PASSWORD = frozenset({"email", "password"})
+
+
+class UserUpdate(StrictInput):
+    # SkipJsonSchema[None]: omitted is fine, but an explicit null is refused (see below);
+    # only bio and avatar_url are nullable.
+    first_name: Name | SkipJsonSchema[None] = None
+    last_name: Name | SkipJsonSchema[None] = None
+    bio: Bio | None = None
+    avatar_url: AvatarUrl | None = None
+    email: Email | SkipJsonSchema[None] = None
+    password: Password | SkipJsonSchema[None] = None
+    current_password: CurrentPassword | SkipJsonSchema[None] = None
+    is_active: bool | SkipJsonSchema[None] = None
+    is_superuser: bool | SkipJsonSchema[None] = None
+
+    @field_validator(
+        "first_name", "last_name", "email", "password", "current_password",
+        "is_active", "is_superuser",
+        mode="before",
+    )
+    @classmethod
+    def _not_null(cls, value: object) -> object:
+        if value is None:
+            raise PydanticCustomError("null_not_allowed", "may be omitted but not null")
+        return value
+
+
+def _matches(if_match: str, current: str) -> bool:
+    tags = {tag.strip().removeprefix("W/") for tag in if_match.split(",")}
+    return "*" in tags or current in tags
+
+
+async def update_user(
+    session: AsyncSession,
+    passwords: PasswordHashing,
+    settings: Settings,
+    *,
+    actor: User,
+    target: User,
+    update: UserUpdate,
+    if_match: str | None,
+) -> User:
+    if if_match is not None and not _matches(if_match, etag(target)):
+        raise PreconditionFailed()
+    fields = update.model_fields_set - {"current_password"}
+    if fields & ADMIN_ONLY and not actor.is_superuser:
+        raise Forbidden("Only administrators may change is_active or is_superuser.")
+    if actor.id == target.id and fields & NEEDS_CURRENT_PASSWORD and not (
+        update.current_password
+        and await passwords.verify(target.password_hash, update.current_password)
+    ):
+        raise InvalidCurrentPassword()
+    changes: dict[str, Any] = {name: getattr(update, name) for name in fields - {"password"}}
+    if update.password is not None:
+        check_new_password(
+            update.password, email=changes.get("email", target.email),
+            min_length=settings.password_min_length, field="password",
+        )
+        changes["password_hash"] = await passwords.hash(update.password)
+    changes = {name: value for name, value in changes.items() if getattr(target, name) != value}
+    if not changes:
+        return target
+    if changes.get("is_superuser") is False or changes.get("is_active") is False:
+        await ensure_not_last_admin(session, target)
+    if "password_hash" in changes or changes.get("is_active") is False:
+        target.revoke_tokens()
+    for name, value in changes.items():
+        setattr(target, name, value)
+    target.touch()
+    try:
+        await session.flush()
+    except IntegrityError:
+        raise EmailTaken() from None
+    return target
+
+
+ERRORS = problem_responses(
+    Forbidden, InvalidCurrentPassword, UserNotFound, EmailTaken, LastAdmin,
+    PreconditionFailed, ServerBusy,
+)
+IfMatch = Annotated[str | None, Header(description="Update only if the user's ETag matches.")]
+
+
+@router.patch("/users/me", responses=ERRORS)
+async def update_me_route(
+    update: UserUpdate, actor: CurrentUser, session: SessionDep, passwords: PasswordsDep,
+    settings: SettingsDep, response: Response, if_match: IfMatch = None,
+) -> PrivateUser:
+    """Update your own account."""
+    user = await update_user(
+        session, passwords, settings, actor=actor, target=actor, update=update, if_match=if_match
+    )
+    response.headers["ETag"] = etag(user)
+    return PrivateUser.of(user)
+
+
+@router.patch("/users/{user_id}", responses=ERRORS)
+async def update_user_route(
+    user_id: uuid.UUID, update: UserUpdate, actor: CurrentUser, session: SessionDep,
+    passwords: PasswordsDep, settings: SettingsDep, response: Response,
+    if_match: IfMatch = None,
+) -> PrivateUser:
+    """Update a user: yourself, or anyone if you are an administrator."""
+    if user_id != actor.id and not actor.is_superuser:
+        raise Forbidden("Only administrators may change other users.")
+    target = actor if user_id == actor.id else await session.get(User, user_id)
+    if target is None:
+        raise UserNotFound()
+    user = await update_user(
+        session, passwords, settings, actor=actor, target=target, update=update, if_match=if_match
+    )
+    response.headers["ETag"] = etag(user)
+    return PrivateUser.of(user)

@@ -1,0 +1,103 @@
+"""create_app(): settings -> database -> middleware -> error handlers -> health -> slices."""
+
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Any
+
+from fastapi import Depends, FastAPI, Request
+from fastapi.middleware.cors import CORSMiddleware
+from pydantic import BaseModel
+from sqlalchemy import text
+
+from kernel.db import Database
+from kernel.errors import DatabaseUnavailable, install_error_handlers, problem_responses
+from kernel.middleware import RequestContextMiddleware
+from kernel.openapi import install_openapi
+from kernel.passwords import PasswordHashing
+from kernel.schema import current_revision, head_revision
+from kernel.settings import Settings, load_settings
+from kernel.slices import mount_slices
+from kernel.tokens import AccessTokens
+from kernel.transport import require_declared_media_type
+
+log = logging.getLogger("userapi")
+
+
+class Health(BaseModel):
+    status: str
+
+
+def create_app(settings: Settings | None = None) -> FastAPI:
+    settings = settings or load_settings()
+    logging.basicConfig(
+        level=settings.log_level, format="%(asctime)s %(levelname)s %(name)s %(message)s"
+    )
+    # /ready asks Alembic for the revision; its per-call "Context impl" line is noise.
+    logging.getLogger("alembic.runtime.migration").setLevel(logging.WARNING)
+    database = Database(settings)
+    passwords = PasswordHashing(settings)
+    schema_head = head_revision()
+
+    @asynccontextmanager
+    async def lifespan(_: FastAPI) -> AsyncIterator[None]:
+        await passwords.warm_up()
+        yield
+        await database.dispose()
+
+    app = FastAPI(
+        title="userapi",
+        version="1",
+        summary="User accounts for REST clients and mobile-app backends.",
+        lifespan=lifespan,
+        docs_url="/docs" if settings.docs_enabled else None,
+        redoc_url=None,
+        openapi_url="/openapi.json" if settings.docs_enabled else None,
+        dependencies=[Depends(require_declared_media_type)],
+    )
+    app.state.settings = settings
+    app.state.database = database
+    app.state.passwords = passwords
+    app.state.access_tokens = AccessTokens(settings)
+
+    if settings.cors_origins:
+        app.add_middleware(
+            CORSMiddleware,
+            allow_origins=settings.cors_origins,
+            allow_methods=["GET", "POST", "PATCH", "OPTIONS"],
+            allow_headers=["Authorization", "Content-Type", "If-Match", "X-Request-ID"],
+            expose_headers=["ETag", "Location", "Retry-After", "X-Request-ID"],
+        )
+    # Added last, so it is outermost: every response, CORS preflights included, gets an id.
+    app.add_middleware(RequestContextMiddleware)
+    install_error_handlers(app)
+
+    @app.get("/health", tags=["operations"])
+    async def health() -> Health:
+        """Liveness: the process is up and serving."""
+        return Health(status="ok")
+
+    @app.get(
+        "/ready", tags=["operations"], responses=problem_responses(DatabaseUnavailable)
+    )
+    async def ready(request: Request) -> Health:
+        """Readiness: the database answers and its schema is at the newest migration."""
+        db: Database = request.app.state.database
+        async with db.engine.connect() as connection:
+            await connection.execute(text("SELECT 1"))
+        if await current_revision(db) != schema_head:
+            raise DatabaseUnavailable("The database schema is not at the newest migration.")
+        return Health(status="ok")
+
+    mount_slices(app)
+    install_openapi(app)
+    return app
+
+
+def __getattr__(name: str) -> Any:
+    # `uvicorn kernel.app:app` works, yet importing this module builds nothing.
+    if name == "app":
+        global app
+        app = create_app()
+        return app
+    raise AttributeError(name)

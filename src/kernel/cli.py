@@ -1,0 +1,157 @@
+"""The `userapi` command: serve | migrate | create-admin | new-feature."""
+
+import argparse
+import asyncio
+import keyword
+import os
+import re
+import sys
+from pathlib import Path
+
+import uvicorn
+from fastapi.exceptions import RequestValidationError
+from pydantic import TypeAdapter, ValidationError
+from sqlalchemy.exc import IntegrityError
+
+import features
+from kernel import schema
+from kernel.db import Database
+from kernel.fields import Email, Name, Password, check_new_password
+from kernel.passwords import PasswordHashing
+from kernel.settings import Settings, load_settings
+from kernel.users import User
+
+SCAFFOLD = Path(__file__).resolve().parent / "scaffold"
+_SLICE_NAME = re.compile(r"^[a-z][a-z0-9_]{0,62}$")
+
+
+class CommandError(Exception):
+    """A failure the operator can fix; printed as one line, exit status 1."""
+
+
+async def _migrate(settings: Settings) -> None:
+    database = Database(settings)
+    try:
+        await schema.upgrade(database)
+    finally:
+        await database.dispose()
+
+
+def _serve(args: argparse.Namespace, settings: Settings) -> None:
+    if settings.auto_migrate:
+        # Once here, before the workers start, rather than once per worker.
+        asyncio.run(_migrate(settings))
+    uvicorn.run(
+        "kernel.app:create_app",
+        factory=True,
+        host=args.host,
+        port=args.port,
+        workers=args.workers,
+        proxy_headers=True,
+        timeout_graceful_shutdown=30,
+        access_log=False,  # our middleware logs each request with its request id
+    )
+
+
+def _validated(adapter: TypeAdapter[str], value: str, what: str) -> str:
+    try:
+        return adapter.validate_python(value)
+    except ValidationError as error:
+        raise CommandError(f"invalid {what}: {error.errors()[0]['msg']}") from None
+
+
+async def _create_admin(settings: Settings, args: argparse.Namespace, password: str) -> User:
+    email = args.email
+    email = _validated(TypeAdapter(Email), email, "email")
+    password = _validated(TypeAdapter(Password), password, "password")
+    try:
+        check_new_password(
+            password, email=email, min_length=settings.password_min_length, field="password"
+        )
+    except RequestValidationError as error:
+        raise CommandError(f"invalid password: {error.errors()[0]['msg']}") from None
+    passwords = PasswordHashing(settings)
+    admin = User(
+        email=email,
+        password_hash=await passwords.hash(password),
+        first_name=_validated(TypeAdapter(Name), args.first_name, "first name"),
+        last_name=_validated(TypeAdapter(Name), args.last_name, "last name"),
+        is_superuser=True,
+    )
+    database = Database(settings)
+    try:
+        if settings.auto_migrate:
+            await schema.upgrade(database)
+        async with database.session() as session:
+            session.add(admin)
+            await session.flush()
+    except IntegrityError:
+        raise CommandError(f"{email} is already registered") from None
+    finally:
+        await database.dispose()
+    return admin
+
+
+def _new_feature(name: str) -> list[Path]:
+    if not _SLICE_NAME.match(name) or keyword.iskeyword(name):
+        raise CommandError(f"invalid feature name {name!r}: use snake_case, like reset_password")
+    target = Path(features.__path__[0]) / name
+    if target.exists():
+        raise CommandError(f"{target} already exists")
+    test_file = target.parent.parent / "tests" / "features" / f"test_{name}.py"
+    written = []
+    target.mkdir()
+    for source, destination in (
+        (SCAFFOLD / "slice.py.tmpl", target / "slice.py"),
+        (SCAFFOLD / "test_slice.py.tmpl", test_file),
+    ):
+        if destination.parent.is_dir() and not destination.exists():
+            text = source.read_text().replace("{{name}}", name)
+            destination.write_text(text.replace("{{path}}", name.replace("_", "-")))
+            written.append(destination)
+    (target / "__init__.py").write_text("")
+    return written
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="userapi", description=__doc__)
+    commands = parser.add_subparsers(dest="command", required=True)
+    serve = commands.add_parser("serve", help="apply pending migrations, then serve HTTP")
+    serve.add_argument("--host", default="127.0.0.1")
+    serve.add_argument("--port", type=int, default=8000)
+    serve.add_argument("--workers", type=int, default=1)
+    commands.add_parser("migrate", help="apply pending migrations")
+    admin = commands.add_parser("create-admin", help="create an administrator account")
+    admin.add_argument("--email", required=True)
+    admin.add_argument(
+        "--password", help="default: the USERAPI_ADMIN_PASSWORD environment variable"
+    )
+    admin.add_argument("--first-name", default="Admin")
+    admin.add_argument("--last-name", default="User")
+    feature = commands.add_parser("new-feature", help="copy the slice template to features/NAME")
+    feature.add_argument("name")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = _parser().parse_args(argv)
+    try:
+        if args.command == "new-feature":
+            for path in _new_feature(args.name):
+                print(f"created {path}")
+            return
+        settings = load_settings()
+        if args.command == "serve":
+            _serve(args, settings)
+        elif args.command == "migrate":
+            asyncio.run(_migrate(settings))
+            print(f"database at {schema.head_revision()}")
+        elif args.command == "create-admin":
+            password = args.password or os.environ.get("USERAPI_ADMIN_PASSWORD", "")
+            if not password:
+                raise CommandError("give --password or set USERAPI_ADMIN_PASSWORD")
+            admin = asyncio.run(_create_admin(settings, args, password))
+            print(f"created admin {admin.email} ({admin.id})")
+    except CommandError as error:
+        print(f"userapi: {error}", file=sys.stderr)
+        raise SystemExit(1) from None

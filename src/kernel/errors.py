@@ -1,0 +1,212 @@
+"""Typed errors and the one place that renders them as RFC 9457 problem+json."""
+
+import json
+import logging
+from collections.abc import Mapping, Sequence
+from http import HTTPStatus
+from typing import Any, ClassVar
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import Response
+from pydantic import BaseModel
+from sqlalchemy import exc as sa_exc
+from sqlalchemy.orm.exc import StaleDataError
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+PROBLEM_MEDIA_TYPE = "application/problem+json"
+log = logging.getLogger("userapi.errors")
+
+
+class ValidationIssue(BaseModel):
+    loc: list[str | int]
+    msg: str
+    type: str
+
+
+class Problem(BaseModel):
+    """RFC 9457 problem details, with a stable machine-readable `code`."""
+
+    type: str = "about:blank"
+    title: str
+    status: int
+    detail: str
+    code: str
+    errors: list[ValidationIssue] | None = None
+
+
+class ProblemError(Exception):
+    """Base of every error a route raises on purpose; subclasses fix status and code."""
+
+    status: ClassVar[int] = 500
+    code: ClassVar[str] = "internal_error"
+    detail: ClassVar[str] = "The server could not complete the request."
+
+    def __init__(self, detail: str | None = None, *, headers: Mapping[str, str] | None = None):
+        super().__init__(detail or self.detail)
+        self.message = detail or self.detail
+        self.headers = dict(headers or {})
+
+
+class NotAuthenticated(ProblemError):
+    status, code, detail = 401, "not_authenticated", "Authentication is required."
+
+
+class InvalidToken(ProblemError):
+    status, code, detail = 401, "invalid_token", "The token is invalid, expired or revoked."
+
+
+class Forbidden(ProblemError):
+    status, code, detail = 403, "forbidden", "You are not allowed to do this."
+
+
+class UserNotFound(ProblemError):
+    status, code, detail = 404, "user_not_found", "No such user."
+
+
+class EmailTaken(ProblemError):
+    status, code, detail = 409, "email_taken", "This email address is already registered."
+
+
+class InvalidCurrentPassword(ProblemError):
+    status, code, detail = 403, "invalid_current_password", "The current password is wrong."
+
+
+class LastAdmin(ProblemError):
+    status, code, detail = 409, "last_admin", "This would leave no active administrator."
+
+
+class PreconditionFailed(ProblemError):
+    status, code, detail = 412, "precondition_failed", "The resource has changed (If-Match)."
+
+
+class UnsupportedMediaType(ProblemError):
+    status, code, detail = 415, "unsupported_media_type", "This content type is not accepted."
+
+
+class ServerBusy(ProblemError):
+    status, code, detail = 503, "server_busy", "The server is busy; retry shortly."
+
+
+class DatabaseUnavailable(ProblemError):
+    status, code, detail = 503, "database_unavailable", "The database is unavailable."
+
+
+# Codes for errors raised by the framework itself rather than by a slice.
+_FRAMEWORK_CODES = {
+    400: "bad_request",
+    401: "not_authenticated",
+    403: "forbidden",
+    404: "not_found",
+    405: "method_not_allowed",
+    406: "not_acceptable",
+    413: "payload_too_large",
+    415: "unsupported_media_type",
+    422: "validation_error",
+    429: "too_many_requests",
+}
+
+
+def problem_response(
+    status: int,
+    code: str,
+    detail: str,
+    *,
+    headers: Mapping[str, str] | None = None,
+    errors: Sequence[ValidationIssue] | None = None,
+) -> Response:
+    problem = Problem(
+        title=HTTPStatus(status).phrase, status=status, detail=detail, code=code, errors=errors
+    )
+    # ensure_ascii: a client-sent field name may hold an unpaired surrogate, which
+    # cannot be encoded as UTF-8 but is safe as a \\u escape.
+    body = json.dumps(problem.model_dump(exclude_none=True), ensure_ascii=True)
+    response = Response(body, status_code=status, media_type=PROBLEM_MEDIA_TYPE)
+    for name, value in (headers or {}).items():
+        response.headers[name] = value
+    if status == 401:
+        response.headers.setdefault("WWW-Authenticate", "Bearer")
+    return response
+
+
+def validation_issues(errors: Sequence[Any]) -> list[ValidationIssue]:
+    """Keep loc, msg and type only: the input may be a password and is never echoed."""
+    return [
+        ValidationIssue(
+            loc=[part if isinstance(part, int) else str(part) for part in error.get("loc", ())],
+            msg=str(error.get("msg", "")),
+            type=str(error.get("type", "value_error")),
+        )
+        for error in errors
+    ]
+
+
+def validation_problem(issues: Sequence[ValidationIssue]) -> Response:
+    return problem_response(
+        422, "validation_error", "The request is not valid.", errors=issues
+    )
+
+
+async def _on_problem(_: Request, error: Exception) -> Response:
+    assert isinstance(error, ProblemError)
+    return problem_response(error.status, error.code, error.message, headers=error.headers)
+
+
+async def _on_validation(_: Request, error: Exception) -> Response:
+    assert isinstance(error, RequestValidationError)
+    return validation_problem(validation_issues(error.errors()))
+
+
+async def _on_http(_: Request, error: Exception) -> Response:
+    assert isinstance(error, StarletteHTTPException)
+    status = error.status_code
+    code = _FRAMEWORK_CODES.get(status, "http_error")
+    detail = error.detail if isinstance(error.detail, str) else HTTPStatus(status).description
+    return problem_response(status, code, detail, headers=error.headers)
+
+
+async def _on_stale(_: Request, __: Exception) -> Response:
+    # A concurrent writer bumped the row's version between our read and our update.
+    error = PreconditionFailed()
+    return problem_response(error.status, error.code, error.message)
+
+
+async def _on_database_down(request: Request, error: Exception) -> Response:
+    log.warning(
+        "database unavailable: %s request_id=%s",
+        type(error).__name__,
+        request.scope.get("state", {}).get("request_id", "-"),
+    )
+    unavailable = DatabaseUnavailable()
+    return problem_response(
+        unavailable.status, unavailable.code, unavailable.message, headers={"Retry-After": "5"}
+    )
+
+
+def install_error_handlers(app: FastAPI) -> None:
+    app.add_exception_handler(ProblemError, _on_problem)
+    app.add_exception_handler(RequestValidationError, _on_validation)
+    app.add_exception_handler(StarletteHTTPException, _on_http)
+    app.add_exception_handler(StaleDataError, _on_stale)
+    for outage in (
+        sa_exc.OperationalError,
+        sa_exc.InterfaceError,
+        sa_exc.TimeoutError,
+        ConnectionError,
+        TimeoutError,
+    ):
+        app.add_exception_handler(outage, _on_database_down)
+
+
+def problem_responses(*errors: type[ProblemError]) -> dict[int | str, dict[str, Any]]:
+    """The `responses=` entry documenting each error a route can raise, by status."""
+    codes: dict[int, list[str]] = {}
+    for error in errors:
+        codes.setdefault(error.status, []).append(f"`{error.code}`")
+    return {
+        status: {
+            "model": Problem,
+            "description": f"{HTTPStatus(status).phrase}: {', '.join(names)}",
+        }
+        for status, names in sorted(codes.items())
+    }

@@ -1,0 +1,67 @@
+"""The OpenAPI document tells the truth: errors are problem+json, and every route lists them."""
+
+from typing import Any
+
+from fastapi import FastAPI
+from fastapi.openapi.utils import get_openapi
+
+from kernel.errors import PROBLEM_MEDIA_TYPE, Problem
+
+_PROBLEM_REF = {"$ref": "#/components/schemas/Problem"}
+# Answers any route with a body can give before its handler runs.
+_BODY_ERRORS = {
+    "413": "Payload Too Large: `payload_too_large`",
+    "415": "Unsupported Media Type: `unsupported_media_type`",
+    "422": "Unprocessable Content: `validation_error`",
+}
+_AUTH_ERRORS = {"401": "Unauthorized: `not_authenticated`, `invalid_token`"}
+
+
+def _problem(description: str) -> dict[str, Any]:
+    return {"description": description, "content": {PROBLEM_MEDIA_TYPE: {"schema": _PROBLEM_REF}}}
+
+
+def _rewrite_operation(operation: dict[str, Any]) -> None:
+    responses: dict[str, Any] = operation.setdefault("responses", {})
+    for status, response in responses.items():
+        if status.isdigit() and int(status) >= 400:
+            content = response.get("content", {})
+            schema = content.get("application/json", {}).get("schema", _PROBLEM_REF)
+            if schema.get("$ref", "").endswith("/HTTPValidationError"):
+                schema = _PROBLEM_REF
+            response["content"] = {PROBLEM_MEDIA_TYPE: {"schema": schema}}
+    extra = {}
+    if "requestBody" in operation:
+        extra |= _BODY_ERRORS
+    if operation.get("parameters"):
+        extra["422"] = _BODY_ERRORS["422"]
+    if operation.get("security"):
+        extra |= _AUTH_ERRORS
+    for status, description in extra.items():
+        responses.setdefault(status, _problem(description))
+
+
+def install_openapi(app: FastAPI) -> None:
+    def openapi() -> dict[str, Any]:
+        if app.openapi_schema:
+            return app.openapi_schema
+        schema = get_openapi(
+            title=app.title,
+            version=app.version,
+            summary=app.summary,
+            routes=app.routes,
+        )
+        for path_item in schema.get("paths", {}).values():
+            for operation in path_item.values():
+                _rewrite_operation(operation)
+        components = schema.setdefault("components", {}).setdefault("schemas", {})
+        components.pop("HTTPValidationError", None)
+        components.pop("ValidationError", None)
+        if "Problem" not in components:
+            problem = Problem.model_json_schema(ref_template="#/components/schemas/{model}")
+            components.update(problem.pop("$defs", {}))
+            components["Problem"] = problem
+        app.openapi_schema = schema
+        return schema
+
+    app.openapi = openapi  # type: ignore[method-assign]

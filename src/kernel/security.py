@@ -1,0 +1,64 @@
+"""Who is calling: the dependency aliases every protected route names in its signature."""
+
+from typing import Annotated
+
+from fastapi import Depends, Request
+from fastapi.security import OAuth2PasswordBearer
+
+from kernel.db import SessionDep
+from kernel.errors import Forbidden, InvalidToken, NotAuthenticated
+from kernel.passwords import PasswordHashing
+from kernel.settings import Settings
+from kernel.tokens import AccessTokens
+from kernel.users import User
+
+LOGIN_PATH = "/api/v1/auth/login"
+
+# auto_error=False: a missing token is our own 401 problem, not FastAPI's {"detail"}.
+_bearer = OAuth2PasswordBearer(tokenUrl=LOGIN_PATH, auto_error=False)
+
+
+def _settings(request: Request) -> Settings:
+    settings: Settings = request.app.state.settings
+    return settings
+
+
+def _passwords(request: Request) -> PasswordHashing:
+    passwords: PasswordHashing = request.app.state.passwords
+    return passwords
+
+
+def _access_tokens(request: Request) -> AccessTokens:
+    tokens: AccessTokens = request.app.state.access_tokens
+    return tokens
+
+
+SettingsDep = Annotated[Settings, Depends(_settings)]
+PasswordsDep = Annotated[PasswordHashing, Depends(_passwords)]
+AccessTokensDep = Annotated[AccessTokens, Depends(_access_tokens)]
+
+
+async def _current_user(
+    session: SessionDep,
+    tokens: AccessTokensDep,
+    token: Annotated[str | None, Depends(_bearer)],
+) -> User:
+    if not token:
+        raise NotAuthenticated()
+    claims = tokens.verify(token)
+    # One primary-key lookup: deactivation and password change bump token_version,
+    # so an older token fails here at once, in every process.
+    user = await session.get(User, claims.user_id)
+    if user is None or not user.is_active or user.token_version != claims.token_version:
+        raise InvalidToken()
+    return user
+
+
+async def _admin_user(user: Annotated[User, Depends(_current_user)]) -> User:
+    if not user.is_superuser:
+        raise Forbidden("Administrators only.")
+    return user
+
+
+CurrentUser = Annotated[User, Depends(_current_user)]
+AdminUser = Annotated[User, Depends(_admin_user)]

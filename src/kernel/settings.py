@@ -1,0 +1,141 @@
+"""One Settings object, read from the environment and `.env`, validated once at start-up."""
+
+import os
+import secrets
+from functools import cached_property
+from pathlib import Path
+from typing import Annotated, Literal
+
+from pydantic import Field, ValidationError, field_validator, model_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+# OWASP's floor for argon2id (m=19 MiB, t=2, p=1); production refuses anything weaker.
+OWASP_MIN_MEMORY_KIB = 19 * 1024
+OWASP_MIN_TIME_COST = 2
+MIN_SECRET_LENGTH = 32
+
+
+class SettingsError(SystemExit):
+    """A bad setting: stops start-up with one line per bad value, never a traceback."""
+
+
+def _default_hash_concurrency() -> int:
+    # Each running argon2 hash holds its memory cost; cap by CPUs (it is CPU-bound) and
+    # by a quarter of the machine's memory so a burst of logins cannot exhaust it.
+    cpus = os.cpu_count() or 1
+    try:
+        total_kib = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") // 1024
+    except (ValueError, OSError, AttributeError):
+        return cpus
+    return max(1, min(cpus, total_kib // 4 // (64 * 1024)))
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(
+        env_file=".env", env_file_encoding="utf-8", extra="ignore", frozen=True
+    )
+
+    env: Literal["development", "test", "production"] = "development"
+    database_url: str = ""
+    data_dir: Path = Path("data")
+    secret_key: str = Field(default="", repr=False)
+    # A key being rotated out: still verifies tokens, never signs new ones.
+    secret_key_previous: str = Field(default="", repr=False)
+    jwt_issuer: str = "userapi"
+    jwt_audience: str = "userapi"
+    access_token_ttl_seconds: int = Field(default=15 * 60, ge=30, le=24 * 3600)
+    refresh_token_ttl_seconds: int = Field(default=30 * 24 * 3600, ge=60, le=365 * 24 * 3600)
+    login_max_failures: int = Field(default=5, ge=1, le=1000)
+    login_lockout_seconds: int = Field(default=900, ge=1, le=7 * 24 * 3600)
+    password_min_length: int = Field(default=8, ge=8, le=256)
+    cors_origins: Annotated[list[str], NoDecode] = Field(default_factory=list)
+    auto_migrate: bool = True
+    docs_enabled: bool = True
+    argon2_time_cost: int = Field(default=3, ge=1, le=20)
+    argon2_memory_kib: int = Field(default=64 * 1024, ge=8, le=4 * 1024 * 1024)
+    argon2_parallelism: int = Field(default=4, ge=1, le=16)
+    hash_concurrency: int = Field(default_factory=_default_hash_concurrency, ge=1, le=256)
+    hash_wait_seconds: float = Field(default=10.0, gt=0, le=300)
+    db_pool_size: int = Field(default=10, ge=1, le=200)
+    db_timeout_seconds: float = Field(default=5.0, gt=0, le=120)
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+
+    @field_validator("cors_origins", mode="before")
+    @classmethod
+    def _split_origins(cls, value: object) -> object:
+        if isinstance(value, str):
+            return [origin.strip() for origin in value.split(",") if origin.strip()]
+        return value
+
+    @field_validator("database_url")
+    @classmethod
+    def _async_driver(cls, url: str) -> str:
+        if not url:
+            return url
+        scheme, sep, rest = url.partition("://")
+        if not sep:
+            raise ValueError("must look like sqlite+aiosqlite:///path or postgresql+asyncpg://...")
+        drivers = {
+            "sqlite": "sqlite+aiosqlite",
+            "sqlite+aiosqlite": "sqlite+aiosqlite",
+            "postgresql": "postgresql+asyncpg",
+            "postgres": "postgresql+asyncpg",
+            "postgresql+asyncpg": "postgresql+asyncpg",
+        }
+        if scheme not in drivers:
+            raise ValueError(f"unsupported scheme {scheme!r}: use sqlite or postgresql")
+        return f"{drivers[scheme]}://{rest}"
+
+    @model_validator(mode="after")
+    def _production_is_strict(self) -> "Settings":
+        if self.env != "production":
+            return self
+        if len(self.secret_key) < MIN_SECRET_LENGTH:
+            raise ValueError(
+                f"SECRET_KEY: required in production, at least {MIN_SECRET_LENGTH} characters"
+            )
+        if self.argon2_memory_kib < OWASP_MIN_MEMORY_KIB:
+            raise ValueError(f"ARGON2_MEMORY_KIB: below OWASP's minimum {OWASP_MIN_MEMORY_KIB}")
+        if self.argon2_time_cost < OWASP_MIN_TIME_COST:
+            raise ValueError(f"ARGON2_TIME_COST: below OWASP's minimum {OWASP_MIN_TIME_COST}")
+        return self
+
+    @cached_property
+    def resolved_database_url(self) -> str:
+        return self.database_url or f"sqlite+aiosqlite:///{self.data_dir / 'userapi.db'}"
+
+    @cached_property
+    def signing_key(self) -> str:
+        """The configured key, or outside production one generated once and kept on disk."""
+        if self.secret_key:
+            return self.secret_key
+        key_file = self.data_dir / "secret_key"
+        if key_file.exists():
+            return key_file.read_text().strip()
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        key = secrets.token_urlsafe(48)
+        # Written aside then linked into place: when several workers start at once exactly
+        # one key wins, and nobody ever reads a half-written file.
+        scratch = key_file.with_name(f".secret_key.{os.getpid()}")
+        scratch.write_text(key)
+        scratch.chmod(0o600)
+        try:
+            os.link(scratch, key_file)
+        except FileExistsError:
+            key = key_file.read_text().strip()
+        finally:
+            scratch.unlink()
+        return key
+
+
+def load_settings(**overrides: object) -> Settings:
+    """Build Settings, turning validation errors into one line per bad value."""
+    try:
+        return Settings(**overrides)  # type: ignore[arg-type]
+    except ValidationError as error:
+        lines = []
+        for problem in error.errors():
+            name = "_".join(str(part) for part in problem["loc"]).upper()
+            message = problem["msg"].removeprefix("Value error, ")
+            lines.append(f"invalid setting {name}: {message}" if name else f"invalid setting {message}")
+        raise SettingsError("\n".join(lines)) from None

@@ -1,0 +1,47 @@
+"""Find every slice under features/ and mount it: the kernel knows no feature by name."""
+
+import importlib
+import pkgutil
+from types import ModuleType
+
+from fastapi import APIRouter, FastAPI
+
+import features
+
+API_PREFIX = "/api/v1"
+
+
+class SliceError(RuntimeError):
+    """A slice folder that cannot be mounted: start-up stops rather than run without it."""
+
+
+def slice_names() -> list[str]:
+    """Every slice package under features/, sorted so mounting order is deterministic."""
+    return sorted(
+        info.name
+        for info in pkgutil.iter_modules(features.__path__)
+        if info.ispkg and not info.name.startswith("_")
+    )
+
+
+def load_slices() -> list[ModuleType]:
+    """Import each `features.<name>.slice`; also registers the slice's own tables."""
+    modules = []
+    for name in slice_names():
+        module = importlib.import_module(f"{features.__name__}.{name}.slice")
+        if not isinstance(getattr(module, "router", None), APIRouter):
+            raise SliceError(f"{module.__name__} has no module-level `router: APIRouter`")
+        modules.append(module)
+    return modules
+
+
+def load_tables() -> None:
+    """Import the kernel's tables and every slice's, for Alembic and for tests."""
+    import kernel.tokens  # noqa: F401  (registers the kernel's tables on the metadata)
+
+    load_slices()
+
+
+def mount_slices(app: FastAPI) -> None:
+    for module in load_slices():
+        app.include_router(module.router, prefix=API_PREFIX)

@@ -1,0 +1,152 @@
+"""Access tokens (signed JWTs) and refresh tokens (opaque, stored only as hashes)."""
+
+import hashlib
+import secrets
+import uuid
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Any, Literal
+
+import jwt
+from pydantic import BaseModel
+from sqlalchemy import update
+from sqlalchemy.ext.asyncio import AsyncSession
+from sqlmodel import Field, SQLModel
+
+from kernel.db import UTCDateTime, utc_now
+from kernel.errors import InvalidToken
+from kernel.settings import Settings
+from kernel.users import User
+
+ALGORITHM = "HS256"
+CLOCK_SKEW_SECONDS = 10
+REQUIRED_CLAIMS = ["exp", "iat", "nbf", "iss", "aud", "sub", "jti"]
+
+
+def _key_id(key: str) -> str:
+    # Names a key without revealing it, so a verifier can pick the right one during rotation.
+    return hashlib.sha256(key.encode()).hexdigest()[:16]
+
+
+@dataclass(frozen=True)
+class AccessClaims:
+    user_id: uuid.UUID
+    token_version: int
+
+
+class AccessTokens:
+    """Issue and strictly verify access JWTs; an old key still verifies until removed."""
+
+    def __init__(self, settings: Settings) -> None:
+        self._signing_key = settings.signing_key
+        self._signing_kid = _key_id(self._signing_key)
+        self._verifying_keys = {self._signing_kid: self._signing_key}
+        if settings.secret_key_previous:
+            self._verifying_keys[_key_id(settings.secret_key_previous)] = (
+                settings.secret_key_previous
+            )
+        self._issuer = settings.jwt_issuer
+        self._audience = settings.jwt_audience
+        self.ttl_seconds = settings.access_token_ttl_seconds
+
+    def issue(self, user: User) -> str:
+        now = utc_now()
+        claims: dict[str, Any] = {
+            "iss": self._issuer,
+            "aud": self._audience,
+            "sub": str(user.id),
+            "iat": now,
+            "nbf": now,
+            "exp": now + timedelta(seconds=self.ttl_seconds),
+            "jti": uuid.uuid4().hex,
+            "typ": "access",
+            "ver": user.token_version,
+        }
+        return jwt.encode(
+            claims, self._signing_key, algorithm=ALGORITHM, headers={"kid": self._signing_kid}
+        )
+
+    def verify(self, token: str) -> AccessClaims:
+        try:
+            key = self._verifying_keys[jwt.get_unverified_header(token).get("kid", "")]
+            claims = jwt.decode(
+                token,
+                key,
+                algorithms=[ALGORITHM],
+                audience=self._audience,
+                issuer=self._issuer,
+                leeway=CLOCK_SKEW_SECONDS,
+                options={"require": REQUIRED_CLAIMS},
+            )
+            if claims.get("typ") != "access" or type(claims.get("ver")) is not int:
+                raise InvalidToken()
+            return AccessClaims(user_id=uuid.UUID(claims["sub"]), token_version=claims["ver"])
+        except (jwt.PyJWTError, KeyError, ValueError, TypeError):
+            raise InvalidToken() from None
+
+
+class RefreshToken(SQLModel, table=True):
+    """One link of a login's chain: each refresh spends one and issues the next."""
+
+    __tablename__ = "refresh_tokens"
+
+    id: uuid.UUID = Field(default_factory=uuid.uuid4, primary_key=True)
+    token_hash: str = Field(max_length=64, unique=True)
+    family_id: uuid.UUID = Field(index=True)
+    user_id: uuid.UUID = Field(foreign_key="users.id", index=True, ondelete="CASCADE")
+    token_version: int
+    created_at: datetime = Field(default_factory=utc_now, sa_type=UTCDateTime)
+    expires_at: datetime = Field(sa_type=UTCDateTime, index=True)
+    spent_at: datetime | None = Field(default=None, sa_type=UTCDateTime)
+    revoked_at: datetime | None = Field(default=None, sa_type=UTCDateTime)
+
+
+def hash_refresh_token(token: str) -> str:
+    # 256 random bits need no slow hash: a fast digest is enough to make a leaked table useless.
+    return hashlib.sha256(token.encode()).hexdigest()
+
+
+class TokenPair(BaseModel):
+    access_token: str
+    token_type: Literal["bearer"] = "bearer"
+    expires_in: int
+    refresh_token: str
+
+
+async def issue_token_pair(
+    session: AsyncSession,
+    *,
+    access_tokens: AccessTokens,
+    settings: Settings,
+    user: User,
+    family_id: uuid.UUID | None = None,
+) -> TokenPair:
+    """A new access token and the next refresh token of the family (a new family on login)."""
+    refresh = secrets.token_urlsafe(32)
+    session.add(
+        RefreshToken(
+            token_hash=hash_refresh_token(refresh),
+            family_id=family_id or uuid.uuid4(),
+            user_id=user.id,
+            token_version=user.token_version,
+            expires_at=utc_now() + timedelta(seconds=settings.refresh_token_ttl_seconds),
+        )
+    )
+    await session.flush()
+    return TokenPair(
+        access_token=access_tokens.issue(user),
+        expires_in=access_tokens.ttl_seconds,
+        refresh_token=refresh,
+    )
+
+
+async def revoke_family(session: AsyncSession, family_id: uuid.UUID) -> None:
+    await session.execute(
+        update(RefreshToken)
+        .where(RefreshToken.family_id == family_id, RefreshToken.revoked_at.is_(None))  # type: ignore[arg-type, union-attr]
+        .values(revoked_at=utc_now())
+    )
+
+
+# Token responses must never be stored by a cache or a browser.
+NO_STORE_HEADERS = {"Cache-Control": "no-store", "Pragma": "no-cache"}

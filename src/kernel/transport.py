@@ -1,0 +1,33 @@
+"""Content negotiation for request bodies: a body in a type the route does not take is a 415."""
+
+from fastapi import Request
+from fastapi.routing import APIRoute
+
+from kernel.errors import UnsupportedMediaType
+
+JSON_MEDIA_TYPE = "application/json"
+
+
+def media_type(request: Request) -> str:
+    return request.headers.get("content-type", "").split(";", 1)[0].strip().lower()
+
+
+def is_json(media: str) -> bool:
+    return media == JSON_MEDIA_TYPE or (media.startswith("application/") and media.endswith("+json"))
+
+
+def has_body(request: Request) -> bool:
+    return request.headers.get("content-length", "0") != "0" or "transfer-encoding" in request.headers
+
+
+async def require_declared_media_type(request: Request) -> None:
+    """App-wide: a route with a JSON body answers 415 to a body of another type.
+
+    Without this, FastAPI validates the raw bytes and answers a confusing 422. Routes
+    that read their own body (login takes JSON or a form) check it themselves.
+    """
+    route = request.scope.get("route")
+    if not isinstance(route, APIRoute) or route.body_field is None or not has_body(request):
+        return
+    if not is_json(media_type(request)):
+        raise UnsupportedMediaType(f"Send the body as {JSON_MEDIA_TYPE}.")

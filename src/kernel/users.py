@@ -1,0 +1,120 @@
+"""The shared User table, its two read models, and the rules every slice applies to users."""
+
+import hashlib
+import uuid
+from datetime import datetime
+from typing import Annotated, Any, Self
+
+from pydantic import BaseModel, PlainSerializer, WithJsonSchema
+from sqlalchemy import Index, event, func, select
+from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.orm import declared_attr
+from sqlmodel import Field, SQLModel
+
+from kernel.db import UTCDateTime, utc_now
+from kernel.errors import LastAdmin
+
+# RFC 3339, UTC, always with microseconds: "2026-11-26T16:39:00.123456Z".
+Timestamp = Annotated[
+    datetime,
+    PlainSerializer(lambda moment: moment.strftime("%Y-%m-%dT%H:%M:%S.%fZ"), return_type=str),
+    WithJsonSchema({"type": "string", "format": "date-time"}),
+]
+
+
+class User(SQLModel, table=True):
+    __tablename__ = "users"
+    __table_args__ = (Index("ix_users_created_at_id", "created_at", "id"),)
+
+    id: uuid.UUID = Field(default_factory=uuid.uuid4, primary_key=True)
+    # Stored already trimmed and case-folded, so a plain unique constraint is case-insensitive.
+    email: str = Field(max_length=320, unique=True)
+    password_hash: str = Field(max_length=255)
+    first_name: str = Field(max_length=100)
+    last_name: str = Field(max_length=100)
+    bio: str | None = Field(default=None, max_length=1000)
+    avatar_url: str | None = Field(default=None, max_length=500)
+    is_active: bool = Field(default=True)
+    is_superuser: bool = Field(default=False)
+    # Carried in every token; bumping it revokes all of the user's tokens at once.
+    token_version: int = Field(default=1)
+    # Optimistic-lock counter (SQLAlchemy version_id_col): the source of the ETag.
+    version: int = Field(default=1)
+    created_at: datetime = Field(default_factory=utc_now, sa_type=UTCDateTime)
+    updated_at: datetime = Field(default_factory=utc_now, sa_type=UTCDateTime)
+
+    @declared_attr.directive
+    def __mapper_args__(cls) -> dict[str, Any]:  # noqa: N805
+        # Every ORM update runs "... WHERE version = <seen>": a concurrent change makes it
+        # match no row and raise StaleDataError, rendered as 412 precondition_failed.
+        return {"version_id_col": cls.__table__.c.version}  # type: ignore[attr-defined]
+
+    @property
+    def is_active_admin(self) -> bool:
+        return self.is_active and self.is_superuser
+
+    def revoke_tokens(self) -> None:
+        """Make every access and refresh token issued so far fail on its next use."""
+        self.token_version += 1
+
+    def touch(self) -> None:
+        self.updated_at = utc_now()
+
+
+@event.listens_for(User, "before_insert")
+def _created_is_updated(_: Any, __: Any, user: User) -> None:
+    # API.md: updated_at is set on creation, to the same instant as created_at.
+    user.updated_at = user.created_at
+
+
+class PublicUser(BaseModel):
+    """What other signed-in users may see."""
+
+    id: uuid.UUID
+    first_name: str
+    last_name: str
+    full_name: str
+    bio: str | None
+    avatar_url: str | None
+
+    @classmethod
+    def of(cls, user: User) -> Self:
+        return cls.model_validate(_fields(user, cls))
+
+
+class PrivateUser(PublicUser):
+    """What the user themself and admins see."""
+
+    email: str
+    is_active: bool
+    is_superuser: bool
+    created_at: Timestamp
+    updated_at: Timestamp
+
+
+def _fields(user: User, model: type[BaseModel]) -> dict[str, Any]:
+    values = {name: getattr(user, name) for name in model.model_fields if name != "full_name"}
+    values["full_name"] = f"{user.first_name} {user.last_name}"
+    return values
+
+
+def etag(user: User) -> str:
+    digest = hashlib.sha256(f"{user.id}:{user.version}".encode()).hexdigest()[:24]
+    return f'"{digest}"'
+
+
+async def ensure_not_last_admin(session: AsyncSession, user: User) -> None:
+    """Refuse to demote or deactivate the only remaining active admin."""
+    if not user.is_active_admin:
+        return
+    if session.bind.dialect.name == "postgresql":
+        # Two admins demoting each other at once must not both succeed: serialise here.
+        # (SQLite writers are already serialised by BEGIN IMMEDIATE.)
+        await session.execute(select(func.pg_advisory_xact_lock(0x55534552)))
+    others = await session.scalar(
+        select(func.count())
+        .select_from(User)
+        .where(User.is_active, User.is_superuser, User.id != user.id)  # type: ignore[arg-type]
+    )
+    if not others:
+        raise LastAdmin()
