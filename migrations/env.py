@@ -6,7 +6,6 @@ from typing import Any, Literal
 from alembic import context
 from sqlalchemy import text
 from sqlalchemy.engine import Connection
-
 from sqlmodel.sql.sqltypes import AutoString
 
 from kernel.db import Database, UTCDateTime, metadata
@@ -18,7 +17,7 @@ load_tables()
 _MIGRATION_LOCK = 0x4D494752
 
 
-def _render_item(kind: str, item: Any, autogen_context: Any) -> str | Literal[False]:
+def _render_item(kind: str, item: Any, _autogen_context: Any) -> str | Literal[False]:
     # Migrations name plain SQLAlchemy types, never the kernel's Python-side wrappers,
     # so old revisions keep working however the kernel changes.
     if kind == "type" and isinstance(item, UTCDateTime):

@@ -41,7 +41,9 @@ async def deactivate(session: AsyncSession, user: User) -> User:
     return user
 
 
-async def _confirm_password(passwords: PasswordHashing, user: User, body: Deactivation | None) -> None:
+async def _confirm_password(
+    passwords: PasswordHashing, user: User, body: Deactivation | None
+) -> None:
     if body is None or not await passwords.verify(user.password_hash, body.current_password):
         raise InvalidCurrentPassword()
 

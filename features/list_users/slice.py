@@ -16,9 +16,10 @@ from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Query
 from pydantic import BaseModel, Field, SerializerFunctionWrapHandler, model_serializer
-from sqlalchemy import ColumnElement, func, literal, or_, select, tuple_
+from sqlalchemy import ColumnElement, Uuid, func, literal, or_, select, tuple_
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.sql import Select
+from sqlmodel import col
 
 from kernel.db import SessionDep
 from kernel.errors import ProblemError, problem_responses
@@ -101,7 +102,7 @@ def _filtered(query: Select[Any], q: str | None, is_active: bool | None) -> Sele
             )
         )
     if is_active is not None:
-        query = query.where(User.is_active == is_active)  # type: ignore[arg-type]
+        query = query.where(col(User.is_active) == is_active)
     return query
 
 
@@ -116,21 +117,23 @@ async def list_users(
     sort: Sort,
     include_total: bool,
 ) -> UserPage:
-    column: Any = User.email if sort.lstrip("-") == "email" else User.created_at
+    column: Any = col(User.email) if sort.lstrip("-") == "email" else col(User.created_at)
     descending = sort.startswith("-")
     query = _filtered(select(User), q, is_active)
     if cursor:
         value, last_id = codec.decode(cursor, sort)
         keys = tuple_(column, User.id)
-        after = tuple_(literal(value, column.type), literal(last_id, User.id.type))  # type: ignore[attr-defined]
+        after = tuple_(literal(value, column.type), literal(last_id, Uuid()))
         position: ColumnElement[bool] = keys < after if descending else keys > after
         query = query.where(position)
-    order = (column.desc(), User.id.desc()) if descending else (column, User.id)  # type: ignore[attr-defined]
+    order = (column.desc(), col(User.id).desc()) if descending else (column, col(User.id))
     rows = list((await session.scalars(query.order_by(*order).limit(limit + 1))).all())
     page, more = rows[:limit], len(rows) > limit
     total = None
     if include_total:
-        total = await session.scalar(_filtered(select(func.count()).select_from(User), q, is_active))
+        total = await session.scalar(
+            _filtered(select(func.count()).select_from(User), q, is_active)
+        )
     return UserPage(
         items=[PrivateUser.of(user) for user in page],
         next_cursor=codec.encode(sort, page[-1]) if more else None,

@@ -16,9 +16,9 @@ from sqlalchemy import case, delete, literal, select, update
 from sqlalchemy.dialects.postgresql import insert as postgresql_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.ext.asyncio import AsyncSession
-from sqlmodel import Field, SQLModel
+from sqlmodel import Field, SQLModel, col
 
-from kernel.db import SessionDep, UTCDateTime, utc_now
+from kernel.db import SessionDep, UTCDateTime, dialect_name, utc_now
 from kernel.errors import ProblemError, ServerBusy, UnsupportedMediaType, problem_responses
 from kernel.fields import CurrentPassword, Email, StrictInput
 from kernel.passwords import PasswordHashing
@@ -67,23 +67,25 @@ async def _reserve_attempt(session: AsyncSession, email: str, settings: Settings
     """
     now = utc_now()
     window = timedelta(seconds=settings.login_lockout_seconds)
-    table: Any = LoginAttempt.__table__
     now_value = literal(now, UTCDateTime())
-    expired = table.c.window_started_at <= literal(now - window, UTCDateTime())
-    dialect = session.bind.dialect.name
-    insert = postgresql_insert if dialect == "postgresql" else sqlite_insert
+    failures_column = col(LoginAttempt.failures)
+    started_column = col(LoginAttempt.window_started_at)
+    expired = started_column <= literal(now - window, UTCDateTime())
+    insert = postgresql_insert if dialect_name(session) == "postgresql" else sqlite_insert
     statement = (
-        insert(table)
+        insert(LoginAttempt)
         .values(email=email, failures=1, window_started_at=now)
         .on_conflict_do_update(
-            index_elements=[table.c.email],
+            index_elements=["email"],
             set_={
-                "failures": case((expired, 1), else_=table.c.failures + 1),
-                "window_started_at": case((expired, now_value), else_=table.c.window_started_at),
+                "failures": case((expired, 1), else_=failures_column + 1),
+                "window_started_at": case((expired, now_value), else_=started_column),
             },
         )
-        .returning(table.c.failures, table.c.window_started_at)
+        .returning(failures_column, started_column)
     )
+    failures: int
+    started: datetime
     failures, started = (await session.execute(statement)).one()
     if failures <= settings.login_max_failures:
         return 0
@@ -101,7 +103,7 @@ async def login(
     if locked_for:
         await session.commit()
         raise TooManyAttempts(headers={"Retry-After": str(locked_for)})
-    user = await session.scalar(select(User).where(User.email == credentials.email))
+    user = await session.scalar(select(User).where(col(User.email) == credentials.email))
     # Commit now: the counted attempt must survive a failed check, and no lock may be
     # held while argon2 runs (on SQLite that would stall every writer).
     await session.commit()
@@ -112,12 +114,12 @@ async def login(
         raise InvalidCredentials()
     if not user.is_active:
         raise AccountInactive()
-    await session.execute(delete(LoginAttempt).where(LoginAttempt.email == credentials.email))  # type: ignore[arg-type]
+    await session.execute(delete(LoginAttempt).where(col(LoginAttempt.email) == credentials.email))
     if passwords.needs_rehash(user.password_hash):
         # A plain UPDATE, not an ORM change: a rehash is invisible to clients (no new ETag).
         await session.execute(
             update(User)
-            .where(User.id == user.id, User.password_hash == user.password_hash)  # type: ignore[arg-type]
+            .where(col(User.id) == user.id, col(User.password_hash) == user.password_hash)
             .values(password_hash=await passwords.hash(credentials.password))
         )
     return await issue_token_pair(

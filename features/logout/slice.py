@@ -7,6 +7,7 @@ revoked token also gets 204, so a client can always finish logging out.
 from fastapi import APIRouter, Response
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
+from sqlmodel import col
 
 from kernel.db import SessionDep
 from kernel.fields import SafeText, StrictInput
@@ -21,8 +22,8 @@ class LogoutRequest(StrictInput):
 
 async def logout(session: AsyncSession, token: str) -> None:
     family_id = await session.scalar(
-        select(RefreshToken.family_id).where(
-            RefreshToken.token_hash == hash_refresh_token(token)  # type: ignore[arg-type]
+        select(col(RefreshToken.family_id)).where(
+            col(RefreshToken.token_hash) == hash_refresh_token(token)
         )
     )
     if family_id is not None:

@@ -7,6 +7,7 @@ the whole family (every token descended from that login) is revoked.
 from fastapi import APIRouter, Response
 from sqlalchemy import select, update
 from sqlalchemy.ext.asyncio import AsyncSession
+from sqlmodel import col
 
 from kernel.db import SessionDep, utc_now
 from kernel.errors import InvalidToken, problem_responses
@@ -40,17 +41,17 @@ async def refresh(
     spent = await session.scalar(
         update(RefreshToken)
         .where(
-            RefreshToken.token_hash == token_hash,  # type: ignore[arg-type]
-            RefreshToken.spent_at.is_(None),  # type: ignore[union-attr]
-            RefreshToken.revoked_at.is_(None),  # type: ignore[union-attr]
-            RefreshToken.expires_at > now,  # type: ignore[arg-type]
+            col(RefreshToken.token_hash) == token_hash,
+            col(RefreshToken.spent_at).is_(None),
+            col(RefreshToken.revoked_at).is_(None),
+            col(RefreshToken.expires_at) > now,
         )
         .values(spent_at=now)
         .returning(RefreshToken)
     )
     if spent is None:
         known = await session.scalar(
-            select(RefreshToken).where(RefreshToken.token_hash == token_hash)  # type: ignore[arg-type]
+            select(RefreshToken).where(col(RefreshToken.token_hash) == token_hash)
         )
         if known is not None and known.spent_at is not None:
             await revoke_family(session, known.family_id)
@@ -61,7 +62,10 @@ async def refresh(
     if user is None or not user.is_active or user.token_version != spent.token_version:
         raise InvalidToken()
     return await issue_token_pair(
-        session, access_tokens=access_tokens, settings=settings, user=user,
+        session,
+        access_tokens=access_tokens,
+        settings=settings,
+        user=user,
         family_id=spent.family_id,
     )
 

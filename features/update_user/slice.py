@@ -60,8 +60,13 @@ class UserUpdate(StrictInput):
     is_superuser: bool | SkipJsonSchema[None] = None
 
     @field_validator(
-        "first_name", "last_name", "email", "password", "current_password",
-        "is_active", "is_superuser",
+        "first_name",
+        "last_name",
+        "email",
+        "password",
+        "current_password",
+        "is_active",
+        "is_superuser",
         mode="before",
     )
     @classmethod
@@ -91,16 +96,22 @@ async def update_user(
     fields = update.model_fields_set - {"current_password"}
     if fields & ADMIN_ONLY and not actor.is_superuser:
         raise Forbidden("Only administrators may change is_active or is_superuser.")
-    if actor.id == target.id and fields & NEEDS_CURRENT_PASSWORD and not (
-        update.current_password
-        and await passwords.verify(target.password_hash, update.current_password)
+    if (
+        actor.id == target.id
+        and fields & NEEDS_CURRENT_PASSWORD
+        and not (
+            update.current_password
+            and await passwords.verify(target.password_hash, update.current_password)
+        )
     ):
         raise InvalidCurrentPassword()
     changes: dict[str, Any] = {name: getattr(update, name) for name in fields - {"password"}}
     if update.password is not None:
         check_new_password(
-            update.password, email=changes.get("email", target.email),
-            min_length=settings.password_min_length, field="password",
+            update.password,
+            email=changes.get("email", target.email),
+            min_length=settings.password_min_length,
+            field="password",
         )
         changes["password_hash"] = await passwords.hash(update.password)
     changes = {name: value for name, value in changes.items() if getattr(target, name) != value}
@@ -121,16 +132,26 @@ async def update_user(
 
 
 ERRORS = problem_responses(
-    Forbidden, InvalidCurrentPassword, UserNotFound, EmailTaken, LastAdmin,
-    PreconditionFailed, ServerBusy,
+    Forbidden,
+    InvalidCurrentPassword,
+    UserNotFound,
+    EmailTaken,
+    LastAdmin,
+    PreconditionFailed,
+    ServerBusy,
 )
 IfMatch = Annotated[str | None, Header(description="Update only if the user's ETag matches.")]
 
 
 @router.patch("/users/me", responses=ERRORS)
 async def update_me_route(
-    update: UserUpdate, actor: CurrentUser, session: SessionDep, passwords: PasswordsDep,
-    settings: SettingsDep, response: Response, if_match: IfMatch = None,
+    update: UserUpdate,
+    actor: CurrentUser,
+    session: SessionDep,
+    passwords: PasswordsDep,
+    settings: SettingsDep,
+    response: Response,
+    if_match: IfMatch = None,
 ) -> PrivateUser:
     """Update your own account."""
     user = await update_user(
@@ -142,8 +163,13 @@ async def update_me_route(
 
 @router.patch("/users/{user_id}", responses=ERRORS)
 async def update_user_route(
-    user_id: uuid.UUID, update: UserUpdate, actor: CurrentUser, session: SessionDep,
-    passwords: PasswordsDep, settings: SettingsDep, response: Response,
+    user_id: uuid.UUID,
+    update: UserUpdate,
+    actor: CurrentUser,
+    session: SessionDep,
+    passwords: PasswordsDep,
+    settings: SettingsDep,
+    response: Response,
     if_match: IfMatch = None,
 ) -> PrivateUser:
     """Update a user: yourself, or anyone if you are an administrator."""

@@ -77,9 +77,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         """Liveness: the process is up and serving."""
         return Health(status="ok")
 
-    @app.get(
-        "/ready", tags=["operations"], responses=problem_responses(DatabaseUnavailable)
-    )
+    @app.get("/ready", tags=["operations"], responses=problem_responses(DatabaseUnavailable))
     async def ready(request: Request) -> Health:
         """Readiness: the database answers and its schema is at the newest migration."""
         db: Database = request.app.state.database
@@ -97,7 +95,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 def __getattr__(name: str) -> Any:
     # `uvicorn kernel.app:app` works, yet importing this module builds nothing.
     if name == "app":
-        global app
-        app = create_app()
-        return app
+        application = create_app()
+        globals()["app"] = application  # built once, on first use
+        return application
     raise AttributeError(name)

@@ -106,8 +106,14 @@ def _new_feature(name: str) -> list[Path]:
         (SCAFFOLD / "test_slice.py.tmpl", test_file),
     ):
         if destination.parent.is_dir() and not destination.exists():
-            text = source.read_text().replace("{{name}}", name)
-            destination.write_text(text.replace("{{path}}", name.replace("_", "-")))
+            text = source.read_text()
+            for placeholder, value in (
+                ("{{name}}", name),
+                ("{{Name}}", "".join(part.title() for part in name.split("_"))),
+                ("{{path}}", name.replace("_", "-")),
+            ):
+                text = text.replace(placeholder, value)
+            destination.write_text(text)
             written.append(destination)
     (target / "__init__.py").write_text("")
     return written

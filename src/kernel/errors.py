@@ -142,9 +142,7 @@ def validation_issues(errors: Sequence[Any]) -> list[ValidationIssue]:
 
 
 def validation_problem(issues: Sequence[ValidationIssue]) -> Response:
-    return problem_response(
-        422, "validation_error", "The request is not valid.", errors=issues
-    )
+    return problem_response(422, "validation_error", "The request is not valid.", errors=issues)
 
 
 async def _on_problem(_: Request, error: Exception) -> Response:

@@ -53,8 +53,9 @@ def _email(value: str) -> str:
     try:
         checked = validate_email(value, check_deliverability=False)
     except EmailNotValidError as error:
-        raise PydanticCustomError("email_invalid", "not a valid email address: {reason}",
-                                  {"reason": str(error)}) from None
+        raise PydanticCustomError(
+            "email_invalid", "not a valid email address: {reason}", {"reason": str(error)}
+        ) from None
     # Full Unicode case folding, here rather than in SQL: SQLite's lower() is ASCII-only.
     return checked.normalized.casefold()
 
@@ -79,21 +80,32 @@ def _non_blank(text: str) -> str:
 
 SafeText = Annotated[str, AfterValidator(_storable)]
 Name = Annotated[
-    str, BeforeValidator(_trimmed), Field(min_length=1, max_length=100),
-    AfterValidator(_storable), AfterValidator(_non_blank),
+    str,
+    BeforeValidator(_trimmed),
+    Field(min_length=1, max_length=100),
+    AfterValidator(_storable),
+    AfterValidator(_non_blank),
 ]
 Bio = Annotated[str, Field(max_length=1000), AfterValidator(_storable)]
 AvatarUrl = Annotated[
-    str, BeforeValidator(_trimmed), Field(max_length=500, json_schema_extra={"format": "uri"}),
-    AfterValidator(_storable), AfterValidator(_http_url),
+    str,
+    BeforeValidator(_trimmed),
+    Field(max_length=500, json_schema_extra={"format": "uri"}),
+    AfterValidator(_storable),
+    AfterValidator(_http_url),
 ]
 Email = Annotated[
-    str, BeforeValidator(_trimmed), Field(min_length=3, max_length=320),
-    AfterValidator(_storable), AfterValidator(_email),
+    str,
+    BeforeValidator(_trimmed),
+    Field(min_length=3, max_length=320),
+    AfterValidator(_storable),
+    AfterValidator(_email),
 ]
 # NFKC first, so the length bounds count what is actually hashed.
 Password = Annotated[
-    str, BeforeValidator(_nfkc), Field(min_length=8, max_length=PASSWORD_MAX_LENGTH),
+    str,
+    BeforeValidator(_nfkc),
+    Field(min_length=8, max_length=PASSWORD_MAX_LENGTH),
     AfterValidator(_storable),
 ]
 # A password being checked rather than set: any length, so an old one still verifies.

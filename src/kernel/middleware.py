@@ -67,9 +67,7 @@ class RequestContextMiddleware:
                 status = message["status"]
                 response_started = True
                 message.setdefault("headers", [])
-                message["headers"] = [
-                    *message["headers"], (b"x-request-id", request_id.encode())
-                ]
+                message["headers"] = [*message["headers"], (b"x-request-id", request_id.encode())]
             await send(message)
 
         try:

@@ -30,7 +30,7 @@ def _rewrite_operation(operation: dict[str, Any]) -> None:
             if schema.get("$ref", "").endswith("/HTTPValidationError"):
                 schema = _PROBLEM_REF
             response["content"] = {PROBLEM_MEDIA_TYPE: {"schema": schema}}
-    extra = {}
+    extra: dict[str, str] = {}
     if "requestBody" in operation:
         extra |= _BODY_ERRORS
     if operation.get("parameters"):

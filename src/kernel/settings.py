@@ -137,5 +137,7 @@ def load_settings(**overrides: object) -> Settings:
         for problem in error.errors():
             name = "_".join(str(part) for part in problem["loc"]).upper()
             message = problem["msg"].removeprefix("Value error, ")
-            lines.append(f"invalid setting {name}: {message}" if name else f"invalid setting {message}")
+            lines.append(
+                f"invalid setting {name}: {message}" if name else f"invalid setting {message}"
+            )
         raise SettingsError("\n".join(lines)) from None

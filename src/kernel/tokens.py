@@ -11,7 +11,7 @@ import jwt
 from pydantic import BaseModel
 from sqlalchemy import update
 from sqlalchemy.ext.asyncio import AsyncSession
-from sqlmodel import Field, SQLModel
+from sqlmodel import Field, SQLModel, col
 
 from kernel.db import UTCDateTime, utc_now
 from kernel.errors import InvalidToken
@@ -108,7 +108,7 @@ def hash_refresh_token(token: str) -> str:
 
 class TokenPair(BaseModel):
     access_token: str
-    token_type: Literal["bearer"] = "bearer"
+    token_type: Literal["bearer"] = "bearer"  # noqa: S105 (a token kind, not a secret)
     expires_in: int
     refresh_token: str
 
@@ -143,7 +143,7 @@ async def issue_token_pair(
 async def revoke_family(session: AsyncSession, family_id: uuid.UUID) -> None:
     await session.execute(
         update(RefreshToken)
-        .where(RefreshToken.family_id == family_id, RefreshToken.revoked_at.is_(None))  # type: ignore[arg-type, union-attr]
+        .where(col(RefreshToken.family_id) == family_id, col(RefreshToken.revoked_at).is_(None))
         .values(revoked_at=utc_now())
     )
 

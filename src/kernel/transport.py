@@ -13,11 +13,15 @@ def media_type(request: Request) -> str:
 
 
 def is_json(media: str) -> bool:
-    return media == JSON_MEDIA_TYPE or (media.startswith("application/") and media.endswith("+json"))
+    return media == JSON_MEDIA_TYPE or (
+        media.startswith("application/") and media.endswith("+json")
+    )
 
 
 def has_body(request: Request) -> bool:
-    return request.headers.get("content-length", "0") != "0" or "transfer-encoding" in request.headers
+    return (
+        request.headers.get("content-length", "0") != "0" or "transfer-encoding" in request.headers
+    )
 
 
 async def require_declared_media_type(request: Request) -> None:

@@ -9,9 +9,9 @@ from pydantic import BaseModel, PlainSerializer, WithJsonSchema
 from sqlalchemy import Index, event, func, select
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import declared_attr
-from sqlmodel import Field, SQLModel
+from sqlmodel import Field, SQLModel, col
 
-from kernel.db import UTCDateTime, utc_now
+from kernel.db import UTCDateTime, dialect_name, utc_now
 from kernel.errors import LastAdmin
 
 # RFC 3339, UTC, always with microseconds: "2026-11-26T16:39:00.123456Z".
@@ -107,14 +107,14 @@ async def ensure_not_last_admin(session: AsyncSession, user: User) -> None:
     """Refuse to demote or deactivate the only remaining active admin."""
     if not user.is_active_admin:
         return
-    if session.bind.dialect.name == "postgresql":
+    if dialect_name(session) == "postgresql":
         # Two admins demoting each other at once must not both succeed: serialise here.
         # (SQLite writers are already serialised by BEGIN IMMEDIATE.)
         await session.execute(select(func.pg_advisory_xact_lock(0x55534552)))
     others = await session.scalar(
         select(func.count())
         .select_from(User)
-        .where(User.is_active, User.is_superuser, User.id != user.id)  # type: ignore[arg-type]
+        .where(col(User.is_active), col(User.is_superuser), col(User.id) != user.id)
     )
     if not others:
         raise LastAdmin()
