@@ -127,6 +127,15 @@ async def login(
     )
 
 
+async def purge_expired(session: AsyncSession, settings: Settings) -> int:
+    """Drop counters whose window has passed (run by `userapi purge-expired`)."""
+    cutoff = utc_now() - timedelta(seconds=settings.login_lockout_seconds)
+    result = await session.execute(
+        delete(LoginAttempt).where(col(LoginAttempt.window_started_at) <= cutoff)
+    )
+    return int(getattr(result, "rowcount", 0) or 0)
+
+
 async def _read_credentials(request: Request) -> Credentials:
     media = media_type(request)
     data: Any

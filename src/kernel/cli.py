@@ -19,6 +19,8 @@ from kernel.db import Database
 from kernel.fields import Email, Name, Password, check_new_password
 from kernel.passwords import PasswordHashing
 from kernel.settings import Settings, load_settings
+from kernel.slices import purge_hooks
+from kernel.tokens import purge_expired_refresh_tokens
 from kernel.users import User
 
 SCAFFOLD = Path(__file__).resolve().parent / "scaffold"
@@ -51,6 +53,18 @@ def _serve(args: argparse.Namespace, settings: Settings) -> None:
         timeout_graceful_shutdown=30,
         access_log=False,  # our middleware logs each request with its request id
     )
+
+
+async def _purge_expired(settings: Settings) -> dict[str, int]:
+    database = Database(settings)
+    try:
+        async with database.session() as session:
+            removed = {"kernel.tokens": await purge_expired_refresh_tokens(session)}
+            for name, purge in purge_hooks():
+                removed[name] = await purge(session, settings)
+    finally:
+        await database.dispose()
+    return removed
 
 
 def _validated(adapter: TypeAdapter[str], value: str, what: str) -> str:
@@ -127,6 +141,9 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument("--port", type=int, default=8000)
     serve.add_argument("--workers", type=int, default=1)
     commands.add_parser("migrate", help="apply pending migrations")
+    commands.add_parser(
+        "purge-expired", help="delete expired refresh tokens and other expired rows"
+    )
     admin = commands.add_parser("create-admin", help="create an administrator account")
     admin.add_argument("--email", required=True)
     admin.add_argument(
@@ -152,6 +169,9 @@ def main(argv: list[str] | None = None) -> None:
         elif args.command == "migrate":
             asyncio.run(_migrate(settings))
             print(f"database at {schema.head_revision()}")
+        elif args.command == "purge-expired":
+            for name, count in asyncio.run(_purge_expired(settings)).items():
+                print(f"{name}: {count} expired rows deleted")
         elif args.command == "create-admin":
             password = args.password or os.environ.get("USERAPI_ADMIN_PASSWORD", "")
             if not password:

@@ -2,13 +2,17 @@
 
 import importlib
 import pkgutil
+from collections.abc import Awaitable, Callable
 from types import ModuleType
 
 from fastapi import APIRouter, FastAPI
+from sqlalchemy.ext.asyncio import AsyncSession
 
 import features
+from kernel.settings import Settings
 
 API_PREFIX = "/api/v1"
+PurgeHook = Callable[[AsyncSession, Settings], Awaitable[int]]
 
 
 class SliceError(RuntimeError):
@@ -40,6 +44,15 @@ def load_tables() -> None:
     import kernel.tokens  # noqa: F401  (registers the kernel's tables on the metadata)
 
     load_slices()
+
+
+def purge_hooks() -> list[tuple[str, PurgeHook]]:
+    """Slices that own expiring rows export `async def purge_expired(session, settings)`."""
+    return [
+        (module.__name__, module.purge_expired)
+        for module in load_slices()
+        if callable(getattr(module, "purge_expired", None))
+    ]
 
 
 def mount_slices(app: FastAPI) -> None:

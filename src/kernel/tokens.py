@@ -9,7 +9,7 @@ from typing import Any, Literal
 
 import jwt
 from pydantic import BaseModel
-from sqlalchemy import update
+from sqlalchemy import delete, update
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlmodel import Field, SQLModel, col
 
@@ -123,6 +123,14 @@ async def issue_token_pair(
 ) -> TokenPair:
     """A new access token and the next refresh token of the family (a new family on login)."""
     refresh = secrets.token_urlsafe(32)
+    if family_id is None:
+        # A new login is a natural moment to drop this user's dead tokens, so the table
+        # does not grow with every login; `userapi purge-expired` sweeps the rest.
+        await session.execute(
+            delete(RefreshToken).where(
+                col(RefreshToken.user_id) == user.id, col(RefreshToken.expires_at) <= utc_now()
+            )
+        )
     session.add(
         RefreshToken(
             token_hash=hash_refresh_token(refresh),
@@ -138,6 +146,13 @@ async def issue_token_pair(
         expires_in=access_tokens.ttl_seconds,
         refresh_token=refresh,
     )
+
+
+async def purge_expired_refresh_tokens(session: AsyncSession) -> int:
+    result = await session.execute(
+        delete(RefreshToken).where(col(RefreshToken.expires_at) <= utc_now())
+    )
+    return int(getattr(result, "rowcount", 0) or 0)
 
 
 async def revoke_family(session: AsyncSession, family_id: uuid.UUID) -> None:
