@@ -24,14 +24,11 @@ from kernel.app import create_app
 from kernel.db import Database, metadata
 from kernel.settings import Settings, load_settings
 from kernel.slices import load_tables
-from tests.factories import Account, make_admin, make_user
+from tests.factories import FAST_HASHING, TEST_SECRET, Account, make_admin, make_user
 
 POSTGRES_ADMIN_DSN = os.environ.get(
     "USERAPI_TEST_POSTGRES", "postgresql://postgres@127.0.0.1:5432/test"
 )
-TEST_SECRET = "test-secret-key-that-is-long-enough-for-hs256-0123456789"
-# Low argon2 cost keeps the suite fast; production refuses these values (tests/kernel).
-FAST_HASHING = {"argon2_time_cost": 1, "argon2_memory_kib": 8, "argon2_parallelism": 1}
 
 
 def _postgres_url(database: str) -> str:

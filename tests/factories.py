@@ -13,6 +13,9 @@ from kernel.db import Database
 from kernel.users import User
 
 DEFAULT_PASSWORD = "correct horse battery staple"
+TEST_SECRET = "test-secret-key-that-is-long-enough-for-hs256-0123456789"
+# Low argon2 cost keeps the suite fast; production refuses these values (tests/kernel).
+FAST_HASHING = {"argon2_time_cost": 1, "argon2_memory_kib": 8, "argon2_parallelism": 1}
 
 
 @dataclass

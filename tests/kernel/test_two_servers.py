@@ -1,0 +1,105 @@
+"""Revocation holds across processes: two real servers on one database.
+
+Log in through one server, deactivate or change the password through the other: the
+first server rejects the old tokens on the very next request (no shared memory, only
+the database's token_version).
+"""
+
+from pathlib import Path
+
+import httpx
+
+from tests.factories import DEFAULT_PASSWORD, assert_problem
+from tests.servers import Server, run_cli, running_server
+
+ADMIN_PASSWORD = "administrator passphrase 2026"
+
+
+async def _login(
+    client: httpx.AsyncClient, server: Server, email: str, password: str
+) -> dict[str, str]:
+    response = await client.post(
+        f"{server.base_url}/api/v1/auth/login", json={"email": email, "password": password}
+    )
+    assert response.status_code == 200, response.text
+    tokens: dict[str, str] = response.json()
+    return tokens
+
+
+async def _register(client: httpx.AsyncClient, server: Server, email: str) -> str:
+    body = {"email": email, "password": DEFAULT_PASSWORD, "first_name": "A", "last_name": "B"}
+    response = await client.post(f"{server.base_url}/api/v1/auth/register", json=body)
+    assert response.status_code == 201, response.text
+    user_id: str = response.json()["id"]
+    return user_id
+
+
+async def test_deactivation_on_one_server_revokes_tokens_on_the_other(
+    database_url: str, tmp_path: Path
+) -> None:
+    run_cli(
+        database_url,
+        tmp_path,
+        "create-admin",
+        "--email",
+        "root@example.com",
+        "--password",
+        ADMIN_PASSWORD,
+    )
+    async with (
+        running_server(database_url, tmp_path) as first,
+        running_server(database_url, tmp_path) as second,
+        httpx.AsyncClient(timeout=30) as client,
+    ):
+        user_id = await _register(client, first, "walker@example.com")
+        tokens = await _login(client, first, "walker@example.com", DEFAULT_PASSWORD)
+        bearer = {"Authorization": f"Bearer {tokens['access_token']}"}
+        me = await client.get(f"{first.base_url}/api/v1/users/me", headers=bearer)
+        assert me.status_code == 200
+
+        admin = await _login(client, second, "root@example.com", ADMIN_PASSWORD)
+        deactivated = await client.post(
+            f"{second.base_url}/api/v1/users/{user_id}/deactivate",
+            headers={"Authorization": f"Bearer {admin['access_token']}"},
+        )
+        assert deactivated.status_code == 200, deactivated.text
+
+        after = await client.get(f"{first.base_url}/api/v1/users/me", headers=bearer)
+        assert_problem(after, 401, "invalid_token")
+        refreshed = await client.post(
+            f"{first.base_url}/api/v1/auth/refresh",
+            json={"refresh_token": tokens["refresh_token"]},
+        )
+        assert_problem(refreshed, 401, "invalid_token")
+
+
+async def test_password_change_on_one_server_revokes_tokens_on_the_other(
+    database_url: str, tmp_path: Path
+) -> None:
+    async with (
+        running_server(database_url, tmp_path) as first,
+        running_server(database_url, tmp_path) as second,
+        httpx.AsyncClient(timeout=30) as client,
+    ):
+        await _register(client, first, "mover@example.com")
+        on_first = await _login(client, first, "mover@example.com", DEFAULT_PASSWORD)
+        on_second = await _login(client, second, "mover@example.com", DEFAULT_PASSWORD)
+
+        changed = await client.patch(
+            f"{second.base_url}/api/v1/users/me",
+            headers={"Authorization": f"Bearer {on_second['access_token']}"},
+            json={"password": "a brand new passphrase", "current_password": DEFAULT_PASSWORD},
+        )
+        assert changed.status_code == 200, changed.text
+
+        stale = await client.get(
+            f"{first.base_url}/api/v1/users/me",
+            headers={"Authorization": f"Bearer {on_first['access_token']}"},
+        )
+        assert_problem(stale, 401, "invalid_token")
+        fresh = await _login(client, first, "mover@example.com", "a brand new passphrase")
+        me = await client.get(
+            f"{first.base_url}/api/v1/users/me",
+            headers={"Authorization": f"Bearer {fresh['access_token']}"},
+        )
+        assert me.status_code == 200
