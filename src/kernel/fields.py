@@ -130,7 +130,8 @@ def check_new_password(password: str, *, email: str, min_length: int, field: str
     elif password.casefold() in _common_passwords():
         problem = ("password_too_common", "This password is among the most commonly used")
     elif password.casefold() == email.casefold():
-        problem = ("password_equals_email", "The password must not be the email address")
+        # API.md gives this the same type as a common password: both are guessable.
+        problem = ("password_too_common", "The password must not be the email address")
     if problem:
         kind, message = problem
         raise RequestValidationError([{"loc": ("body", field), "msg": message, "type": kind}])

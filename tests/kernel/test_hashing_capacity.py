@@ -1,0 +1,75 @@
+"""argon2 runs off the event loop, at most HASH_CONCURRENCY at once; past the wait: 503."""
+
+import asyncio
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from pathlib import Path
+
+import httpx
+
+from kernel.app import create_app
+from tests.conftest import make_settings
+from tests.factories import DEFAULT_PASSWORD, assert_problem, register
+
+# Real cost (64 MiB, t=3) so each hash takes long enough for a queue to form.
+SLOW_HASHING = {"argon2_time_cost": 3, "argon2_memory_kib": 64 * 1024, "argon2_parallelism": 1}
+
+
+@asynccontextmanager
+async def one_slot_client(
+    database_url: str, data_dir: Path, *, wait_seconds: float
+) -> AsyncIterator[httpx.AsyncClient]:
+    settings = make_settings(
+        database_url,
+        data_dir,
+        hash_concurrency=1,
+        hash_wait_seconds=wait_seconds,
+        login_max_failures=1000,
+        **SLOW_HASHING,
+    )
+    application = create_app(settings)
+    transport = httpx.ASGITransport(app=application)
+    async with (
+        application.router.lifespan_context(application),
+        httpx.AsyncClient(transport=transport, base_url="http://testserver") as client,
+    ):
+        yield client
+
+
+async def test_logins_beyond_capacity_get_503_server_busy_with_retry_after(
+    database_url: str, tmp_path: Path
+) -> None:
+    async with one_slot_client(database_url, tmp_path, wait_seconds=0.01) as client:
+        account = await register(client)
+        body = {"email": account.email, "password": DEFAULT_PASSWORD}
+        responses = await asyncio.gather(
+            *(client.post("/api/v1/auth/login", json=body) for _ in range(8))
+        )
+
+    busy = [response for response in responses if response.status_code == 503]
+    assert busy, [response.status_code for response in responses]
+    for response in busy:
+        assert_problem(response, 503, "server_busy")
+        assert int(response.headers["retry-after"]) >= 1
+    assert any(response.status_code == 200 for response in responses)
+    assert {response.status_code for response in responses} <= {200, 503}
+
+
+async def test_health_answers_while_hashes_are_running(database_url: str, tmp_path: Path) -> None:
+    async with one_slot_client(database_url, tmp_path, wait_seconds=60) as client:
+        account = await register(client)
+        body = {"email": account.email, "password": DEFAULT_PASSWORD}
+        logins = [
+            asyncio.create_task(client.post("/api/v1/auth/login", json=body)) for _ in range(6)
+        ]
+        await asyncio.sleep(0)  # let the logins start and queue for the one hashing slot
+
+        health = await client.get("/health")
+        still_in_flight = sum(not task.done() for task in logins)
+        statuses = [response.status_code for response in await asyncio.gather(*logins)]
+
+    assert health.status_code == 200
+    # Six hashes queue behind one slot; /health was answered before they all finished,
+    # so argon2 never held the event loop.
+    assert still_in_flight > 0
+    assert statuses == [200] * 6

@@ -1,0 +1,55 @@
+"""`userapi purge-expired` sweeps expired refresh tokens and stale login counters."""
+
+import asyncio
+import uuid
+from pathlib import Path
+
+import httpx
+from fastapi import FastAPI
+from sqlalchemy import update
+from sqlmodel import col
+
+from kernel.db import Database, utc_now
+from kernel.tokens import RefreshToken
+from tests.factories import assert_problem, make_user
+from tests.servers import run_cli
+
+
+async def _expire_refresh_tokens_of(app: FastAPI, user_id: str) -> None:
+    database: Database = app.state.database
+    async with database.session() as session:
+        await session.execute(
+            update(RefreshToken)
+            .where(col(RefreshToken.user_id) == uuid.UUID(user_id))
+            .values(expires_at=utc_now())
+        )
+
+
+async def test_purge_deletes_expired_refresh_tokens_and_keeps_live_ones(
+    client: httpx.AsyncClient, app: FastAPI, database_url: str, tmp_path: Path
+) -> None:
+    expired = await make_user(client)
+    live = await make_user(client)
+    await _expire_refresh_tokens_of(app, expired.id)
+
+    output = await asyncio.to_thread(run_cli, database_url, tmp_path, "purge-expired")
+
+    assert "kernel.tokens: 1 expired rows deleted" in output
+    gone = await client.post("/api/v1/auth/refresh", json={"refresh_token": expired.refresh_token})
+    assert_problem(gone, 401, "invalid_token")
+    kept = await client.post("/api/v1/auth/refresh", json={"refresh_token": live.refresh_token})
+    assert kept.status_code == 200
+
+
+async def test_purge_deletes_login_counters_whose_window_has_passed(
+    client: httpx.AsyncClient, database_url: str, tmp_path: Path
+) -> None:
+    wrong = {"email": "nobody@example.com", "password": "not the password"}
+    assert (await client.post("/api/v1/auth/login", json=wrong)).status_code == 401
+    await asyncio.sleep(1.1)  # let a 1-second window pass (a wait, not a timing assertion)
+
+    output = await asyncio.to_thread(
+        run_cli, database_url, tmp_path, "purge-expired", LOGIN_LOCKOUT_SECONDS="1"
+    )
+
+    assert "features.login.slice: 1 expired rows deleted" in output
