@@ -1,0 +1,157 @@
+"""POST /api/v1/auth/logout, through HTTP on SQLite and PostgreSQL (API.md, "logout")."""
+
+import secrets
+
+import httpx
+import pytest
+
+from tests.factories import Account, assert_problem, login
+
+LOGOUT = "/api/v1/auth/logout"
+REFRESH = "/api/v1/auth/refresh"
+
+
+async def logout(client: httpx.AsyncClient, token: str) -> httpx.Response:
+    return await client.post(LOGOUT, json={"refresh_token": token})
+
+
+async def refresh(client: httpx.AsyncClient, token: str) -> httpx.Response:
+    return await client.post(REFRESH, json={"refresh_token": token})
+
+
+async def test_logout_returns_204_with_an_empty_body(
+    client: httpx.AsyncClient, user: Account
+) -> None:
+    response = await logout(client, user.refresh_token)
+
+    assert response.status_code == 204
+    assert response.content == b""
+
+
+async def test_refresh_token_is_rejected_after_logout(
+    client: httpx.AsyncClient, user: Account
+) -> None:
+    assert (await logout(client, user.refresh_token)).status_code == 204
+
+    response = await refresh(client, user.refresh_token)
+
+    assert_problem(response, 401, "invalid_token")
+
+
+async def test_logout_with_an_earlier_token_revokes_the_current_token_of_that_login(
+    client: httpx.AsyncClient, user: Account
+) -> None:
+    rotated = await refresh(client, user.refresh_token)
+    assert rotated.status_code == 200, rotated.text
+    assert (await logout(client, user.refresh_token)).status_code == 204
+
+    response = await refresh(client, rotated.json()["refresh_token"])
+
+    assert_problem(response, 401, "invalid_token")
+
+
+async def test_logout_with_a_rotated_token_revokes_that_login(
+    client: httpx.AsyncClient, user: Account
+) -> None:
+    rotated = await refresh(client, user.refresh_token)
+    assert rotated.status_code == 200, rotated.text
+    current = rotated.json()["refresh_token"]
+    assert (await logout(client, current)).status_code == 204
+
+    response = await refresh(client, current)
+
+    assert_problem(response, 401, "invalid_token")
+
+
+async def test_logout_leaves_the_users_other_logins_working(
+    client: httpx.AsyncClient, user: Account
+) -> None:
+    first_login = user.refresh_token
+    second_login = (await login(client, user)).refresh_token
+    assert (await logout(client, first_login)).status_code == 204
+
+    response = await refresh(client, second_login)
+
+    assert response.status_code == 200, response.text
+
+
+async def test_logout_leaves_other_users_logins_working(
+    client: httpx.AsyncClient, user: Account, other_user: Account
+) -> None:
+    assert (await logout(client, user.refresh_token)).status_code == 204
+
+    response = await refresh(client, other_user.refresh_token)
+
+    assert response.status_code == 200, response.text
+
+
+async def test_logout_with_an_unknown_token_returns_204(client: httpx.AsyncClient) -> None:
+    response = await logout(client, secrets.token_urlsafe(32))
+
+    assert response.status_code == 204
+    assert response.content == b""
+
+
+async def test_repeated_logout_returns_204(client: httpx.AsyncClient, user: Account) -> None:
+    assert (await logout(client, user.refresh_token)).status_code == 204
+
+    response = await logout(client, user.refresh_token)
+
+    assert response.status_code == 204
+    assert response.content == b""
+
+
+async def test_logout_with_a_revoked_token_leaves_other_logins_working(
+    client: httpx.AsyncClient, user: Account
+) -> None:
+    first_login = user.refresh_token
+    assert (await logout(client, first_login)).status_code == 204
+    second_login = (await login(client, user)).refresh_token
+    assert (await logout(client, first_login)).status_code == 204
+
+    response = await refresh(client, second_login)
+
+    assert response.status_code == 200, response.text
+
+
+async def test_logout_ignores_an_invalid_access_token(
+    client: httpx.AsyncClient, user: Account
+) -> None:
+    response = await client.post(
+        LOGOUT,
+        json={"refresh_token": user.refresh_token},
+        headers={"Authorization": "Bearer expired.or.garbage"},
+    )
+
+    assert response.status_code == 204
+    assert_problem(await refresh(client, user.refresh_token), 401, "invalid_token")
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        pytest.param({}, id="missing-token"),
+        pytest.param({"refresh_token": "abc", "everywhere": True}, id="unknown-field"),
+        pytest.param({"refresh_token": 12345}, id="token-not-string"),
+        pytest.param([], id="json-array"),
+    ],
+)
+async def test_logout_with_an_invalid_body_returns_422(
+    client: httpx.AsyncClient, body: object
+) -> None:
+    response = await client.post(LOGOUT, json=body)
+
+    assert_problem(response, 422, "validation_error")
+
+
+async def test_logout_with_a_non_json_content_type_returns_415(
+    client: httpx.AsyncClient, user: Account
+) -> None:
+    response = await client.post(
+        LOGOUT,
+        content=f"refresh_token={user.refresh_token}".encode(),
+        headers={"Content-Type": "application/x-www-form-urlencoded"},
+    )
+
+    assert_problem(response, 415, "unsupported_media_type")
+    assert (await refresh(client, user.refresh_token)).status_code == 200
