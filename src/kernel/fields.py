@@ -18,7 +18,9 @@ from pydantic import (
 from pydantic_core import PydanticCustomError
 from sqlmodel import SQLModel
 
+PASSWORD_MIN_LENGTH = 8  # the floor; PASSWORD_MIN_LENGTH in settings may raise it
 PASSWORD_MAX_LENGTH = 256
+PASSWORD_RAW_MAX_LENGTH = 1024
 
 
 class StrictInput(SQLModel):
@@ -45,8 +47,25 @@ def _trimmed(value: object) -> object:
     return value.strip() if isinstance(value, str) else value
 
 
-def _nfkc(value: object) -> object:
-    return unicodedata.normalize("NFKC", value) if isinstance(value, str) else value
+def _nfkc(text: str) -> str:
+    return unicodedata.normalize("NFKC", text)
+
+
+def _nfkc_within_bounds(text: str) -> str:
+    normalized = _nfkc(text)
+    if len(normalized) < PASSWORD_MIN_LENGTH:
+        raise PydanticCustomError(
+            "string_too_short",
+            "String should have at least {min} characters after NFKC",
+            {"min": PASSWORD_MIN_LENGTH},
+        )
+    if len(normalized) > PASSWORD_MAX_LENGTH:
+        raise PydanticCustomError(
+            "string_too_long",
+            "String should have at most {max} characters after NFKC",
+            {"max": PASSWORD_MAX_LENGTH},
+        )
+    return normalized
 
 
 def _email(value: str) -> str:
@@ -102,15 +121,23 @@ Email = Annotated[
     AfterValidator(_email),
 ]
 # NFKC first, so the length bounds count what is actually hashed.
+# Length is what API.md says: 8-256 characters *after* NFKC, which JSON Schema cannot
+# express; the schema carries only a raw cap (NFKC can expand a character up to 18-fold
+# or fold several into one) and the rule itself is in the description.
 Password = Annotated[
     str,
-    BeforeValidator(_nfkc),
-    Field(min_length=8, max_length=PASSWORD_MAX_LENGTH),
+    Field(
+        max_length=PASSWORD_RAW_MAX_LENGTH,
+        description=f"{PASSWORD_MIN_LENGTH}-{PASSWORD_MAX_LENGTH} characters after Unicode "
+        "NFKC normalisation (the minimum is PASSWORD_MIN_LENGTH); not a common password, "
+        "not the email.",
+    ),
     AfterValidator(_storable),
+    AfterValidator(_nfkc_within_bounds),
 ]
 # A password being checked rather than set: any length, so an old one still verifies.
 CurrentPassword = Annotated[
-    str, BeforeValidator(_nfkc), Field(min_length=1, max_length=4096), AfterValidator(_storable)
+    str, Field(min_length=1, max_length=4096), AfterValidator(_storable), AfterValidator(_nfkc)
 ]
 
 
