@@ -22,7 +22,7 @@ from sqlalchemy.sql import Select
 from sqlmodel import col
 
 from kernel.db import SessionDep
-from kernel.errors import ProblemError, problem_responses
+from kernel.errors import Forbidden, ProblemError, problem_responses
 from kernel.fields import SafeText
 from kernel.security import AdminUser, SettingsDep
 from kernel.users import PrivateUser, User
@@ -49,6 +49,15 @@ class InvalidCursor(ProblemError):
     status, code, detail = 422, "invalid_cursor", "The cursor is malformed or was altered."
 
 
+# Documented shape only: the codec itself checks it, so that any malformed cursor gets
+# the contract's 422 invalid_cursor rather than a generic validation error.
+CURSOR_MAX_LENGTH = 1000
+CURSOR_SCHEMA: dict[str, Any] = {
+    "maxLength": CURSOR_MAX_LENGTH,
+    "pattern": r"^[A-Za-z0-9_-]+\.[A-Za-z0-9_-]+$",
+}
+
+
 class CursorCodec:
     """`payload.signature`, both base64url; the payload names the sort it belongs to."""
 
@@ -65,6 +74,8 @@ class CursorCodec:
 
     def decode(self, cursor: str, sort: Sort) -> tuple[Any, uuid.UUID]:
         try:
+            if len(cursor) > CURSOR_MAX_LENGTH or not cursor.isascii():
+                raise InvalidCursor()
             payload_part, signature_part = cursor.split(".")
             payload = _unb64(payload_part)
             if not hmac.compare_digest(self._sign(payload), _unb64(signature_part)):
@@ -120,7 +131,7 @@ async def list_users(
     column: Any = col(User.email) if sort.lstrip("-") == "email" else col(User.created_at)
     descending = sort.startswith("-")
     query = _filtered(select(User), q, is_active)
-    if cursor:
+    if cursor is not None:
         value, last_id = codec.decode(cursor, sort)
         keys = tuple_(column, User.id)
         after = tuple_(literal(value, column.type), literal(last_id, Uuid()))
@@ -143,14 +154,14 @@ async def list_users(
 
 @router.get(
     "/users",
-    responses=problem_responses(InvalidCursor),
+    responses=problem_responses(Forbidden, InvalidCursor),
 )
 async def list_users_route(
     _: AdminUser,
     session: SessionDep,
     settings: SettingsDep,
     limit: Annotated[int, Query(ge=1, le=100)] = 20,
-    cursor: Annotated[str | None, Query(max_length=1000)] = None,
+    cursor: Annotated[str | None, Query(json_schema_extra=CURSOR_SCHEMA)] = None,
     q: Annotated[SafeText | None, Query(max_length=100)] = None,
     is_active: bool | None = None,
     sort: Sort = "created_at",

@@ -9,9 +9,7 @@ import uuid
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Header, Response
-from pydantic import field_validator
-from pydantic.json_schema import SkipJsonSchema
-from pydantic_core import PydanticCustomError
+from pydantic import Field
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -46,34 +44,25 @@ ADMIN_ONLY = frozenset({"is_active", "is_superuser"})
 NEEDS_CURRENT_PASSWORD = frozenset({"email", "password"})
 
 
-class UserUpdate(StrictInput):
-    # SkipJsonSchema[None]: omitted is fine, but an explicit null is refused (see below);
-    # only bio and avatar_url are nullable.
-    first_name: Name | SkipJsonSchema[None] = None
-    last_name: Name | SkipJsonSchema[None] = None
-    bio: Bio | None = None
-    avatar_url: AvatarUrl | None = None
-    email: Email | SkipJsonSchema[None] = None
-    password: Password | SkipJsonSchema[None] = None
-    current_password: CurrentPassword | SkipJsonSchema[None] = None
-    is_active: bool | SkipJsonSchema[None] = None
-    is_superuser: bool | SkipJsonSchema[None] = None
+def _no_default(schema: dict[str, Any]) -> None:
+    schema.pop("default", None)
 
-    @field_validator(
-        "first_name",
-        "last_name",
-        "email",
-        "password",
-        "current_password",
-        "is_active",
-        "is_superuser",
-        mode="before",
-    )
-    @classmethod
-    def _not_null(cls, value: object) -> object:
-        if value is None:
-            raise PydanticCustomError("null_not_allowed", "may be omitted but not null")
-        return value
+
+def _omittable() -> Any:
+    """May be left out (stays as it is) but not null: the schema shows no null default."""
+    return Field(default=None, json_schema_extra=_no_default)
+
+
+class UserUpdate(StrictInput):
+    first_name: Name = _omittable()
+    last_name: Name = _omittable()
+    bio: Bio | None = None  # null clears
+    avatar_url: AvatarUrl | None = None  # null clears
+    email: Email = _omittable()
+    password: Password = _omittable()
+    current_password: CurrentPassword = _omittable()
+    is_active: bool = _omittable()
+    is_superuser: bool = _omittable()
 
 
 def _matches(if_match: str, current: str) -> bool:
@@ -106,7 +95,7 @@ async def update_user(
     ):
         raise InvalidCurrentPassword()
     changes: dict[str, Any] = {name: getattr(update, name) for name in fields - {"password"}}
-    if update.password is not None:
+    if "password" in fields:
         check_new_password(
             update.password,
             email=changes.get("email", target.email),

@@ -155,12 +155,24 @@ async def _on_validation(_: Request, error: Exception) -> Response:
     return validation_problem(validation_issues(error.errors()))
 
 
-async def _on_http(_: Request, error: Exception) -> Response:
+def _allowed_methods(request: Request, first_match: str) -> str:
+    """Every method the path takes, not only those of the first route that matched it."""
+    methods = {method.strip() for method in first_match.split(",") if method.strip()}
+    for pattern, route_methods in getattr(request.app.state, "slice_methods", []):
+        if pattern.match(request.url.path):
+            methods |= route_methods
+    return ", ".join(sorted(methods))
+
+
+async def _on_http(request: Request, error: Exception) -> Response:
     assert isinstance(error, StarletteHTTPException)
     status = error.status_code
     code = _FRAMEWORK_CODES.get(status, "http_error")
     detail = error.detail if isinstance(error.detail, str) else HTTPStatus(status).description
-    return problem_response(status, code, detail, headers=error.headers)
+    headers = dict(error.headers or {})
+    if status == 405:
+        headers["Allow"] = _allowed_methods(request, headers.get("Allow", ""))
+    return problem_response(status, code, detail, headers=headers)
 
 
 async def _on_stale(_: Request, __: Exception) -> Response:

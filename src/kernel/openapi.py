@@ -6,6 +6,7 @@ from fastapi import FastAPI
 from fastapi.openapi.utils import get_openapi
 
 from kernel.errors import PROBLEM_MEDIA_TYPE, Problem
+from kernel.slices import API_PREFIX
 
 _PROBLEM_REF = {"$ref": "#/components/schemas/Problem"}
 # Answers any route with a body can give before its handler runs.
@@ -15,13 +16,18 @@ _BODY_ERRORS = {
     "422": "Unprocessable Content: `validation_error`",
 }
 _AUTH_ERRORS = {"401": "Unauthorized: `not_authenticated`, `invalid_token`"}
+# Answers any route that touches the database can give.
+_SERVER_ERRORS = {
+    "500": "Internal Server Error: `internal_error`",
+    "503": "Service Unavailable: `database_unavailable`",
+}
 
 
 def _problem(description: str) -> dict[str, Any]:
     return {"description": description, "content": {PROBLEM_MEDIA_TYPE: {"schema": _PROBLEM_REF}}}
 
 
-def _rewrite_operation(operation: dict[str, Any]) -> None:
+def _rewrite_operation(operation: dict[str, Any], *, uses_database: bool) -> None:
     responses: dict[str, Any] = operation.setdefault("responses", {})
     for status, response in responses.items():
         if status.isdigit() and int(status) >= 400:
@@ -37,8 +43,16 @@ def _rewrite_operation(operation: dict[str, Any]) -> None:
         extra["422"] = _BODY_ERRORS["422"]
     if operation.get("security"):
         extra |= _AUTH_ERRORS
+    if uses_database:
+        extra |= _SERVER_ERRORS
     for status, description in extra.items():
-        responses.setdefault(status, _problem(description))
+        if status not in responses:
+            responses[status] = _problem(description)
+            continue
+        # Already documented by the route: add the generic code to its list.
+        codes = description.split(": ", 1)[1]
+        if codes not in responses[status]["description"]:
+            responses[status]["description"] += f", {codes}"
 
 
 def install_openapi(app: FastAPI) -> None:
@@ -51,9 +65,9 @@ def install_openapi(app: FastAPI) -> None:
             summary=app.summary,
             routes=app.routes,
         )
-        for path_item in schema.get("paths", {}).values():
+        for path, path_item in schema.get("paths", {}).items():
             for operation in path_item.values():
-                _rewrite_operation(operation)
+                _rewrite_operation(operation, uses_database=path.startswith(API_PREFIX))
         components = schema.setdefault("components", {}).setdefault("schemas", {})
         components.pop("HTTPValidationError", None)
         components.pop("ValidationError", None)

@@ -2,11 +2,14 @@
 
 import importlib
 import pkgutil
+import re
 from collections.abc import Awaitable, Callable
 from types import ModuleType
 
 from fastapi import APIRouter, FastAPI
+from fastapi.routing import APIRoute
 from sqlalchemy.ext.asyncio import AsyncSession
+from starlette.routing import compile_path
 
 import features
 from kernel.settings import Settings
@@ -56,5 +59,13 @@ def purge_hooks() -> list[tuple[str, PurgeHook]]:
 
 
 def mount_slices(app: FastAPI) -> None:
+    # Which methods each slice path takes: a 405 must list all of them in Allow, and
+    # two slices may share a path (GET and PATCH /users/me).
+    methods: list[tuple[re.Pattern[str], frozenset[str]]] = []
     for module in load_slices():
         app.include_router(module.router, prefix=API_PREFIX)
+        for route in module.router.routes:
+            if isinstance(route, APIRoute):
+                pattern = compile_path(API_PREFIX + route.path)[0]
+                methods.append((pattern, frozenset(route.methods or ())))
+    app.state.slice_methods = methods
