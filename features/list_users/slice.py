@@ -15,7 +15,7 @@ from datetime import datetime
 from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Query
-from pydantic import BaseModel, Field, SerializerFunctionWrapHandler, model_serializer
+from pydantic import BaseModel, Field
 from sqlalchemy import ColumnElement, Uuid, func, literal, or_, select, tuple_
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.sql import Select
@@ -32,17 +32,22 @@ router = APIRouter(tags=["users"])
 Sort = Literal["created_at", "-created_at", "email", "-email"]
 
 
+def _total_schema(schema: dict[str, Any]) -> None:
+    # Absent unless asked for, and never null when present: an optional integer.
+    schema.pop("default", None)
+    schema.pop("anyOf", None)
+    schema["type"] = "integer"
+
+
 class UserPage(BaseModel):
     items: list[PrivateUser]
     next_cursor: str | None
-    total: int | None = Field(default=None, description="Present only with include_total=true.")
-
-    @model_serializer(mode="wrap")
-    def _total_only_when_asked(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
-        data: dict[str, Any] = handler(self)
-        if self.total is None:
-            data.pop("total", None)
-        return data
+    # Left unset unless include_total=true; the route drops unset fields.
+    total: int | None = Field(
+        default=None,
+        description="Present only with include_total=true.",
+        json_schema_extra=_total_schema,
+    )
 
 
 class InvalidCursor(ProblemError):
@@ -145,16 +150,19 @@ async def list_users(
         total = await session.scalar(
             _filtered(select(func.count()).select_from(User), q, is_active)
         )
-    return UserPage(
+    result = UserPage(
         items=[PrivateUser.of(user) for user in page],
         next_cursor=codec.encode(sort, page[-1]) if more else None,
-        total=total,
     )
+    if include_total:
+        result.total = total or 0
+    return result
 
 
 @router.get(
     "/users",
     responses=problem_responses(Forbidden, InvalidCursor),
+    response_model_exclude_unset=True,
 )
 async def list_users_route(
     _: AdminUser,

@@ -28,6 +28,10 @@ def _problem(description: str) -> dict[str, Any]:
 
 
 def _rewrite_operation(operation: dict[str, Any], *, uses_database: bool) -> None:
+    description = operation.get("description", "").strip()
+    if description and "\n" not in description:
+        # A route's one-line docstring is its summary (FastAPI would title-case its name).
+        operation["summary"] = operation.pop("description").strip()
     responses: dict[str, Any] = operation.setdefault("responses", {})
     for status, response in responses.items():
         if status.isdigit() and int(status) >= 400:
