@@ -181,12 +181,30 @@ async def _on_stale(_: Request, __: Exception) -> Response:
     return problem_response(error.status, error.code, error.message)
 
 
-async def _on_database_down(request: Request, error: Exception) -> Response:
-    log.warning(
-        "database unavailable: %s request_id=%s",
-        type(error).__name__,
-        request.scope.get("state", {}).get("request_id", "-"),
-    )
+# SQLSTATE classes that mean "the database is not there for us right now": connection
+# exceptions, insufficient resources, object not in prerequisite state (a database not
+# accepting connections), operator intervention (shutdown, restart).
+_OUTAGE_SQLSTATE_CLASSES = ("08", "53", "55", "57")
+
+
+def _is_outage(error: Exception) -> bool:
+    if isinstance(error, sa_exc.DBAPIError):
+        if error.connection_invalidated:
+            return True
+        if isinstance(error, (sa_exc.OperationalError, sa_exc.InterfaceError)):
+            return True
+        sqlstate = getattr(error.orig, "sqlstate", None) or ""
+        return str(sqlstate)[:2] in _OUTAGE_SQLSTATE_CLASSES
+    return isinstance(error, (sa_exc.TimeoutError, ConnectionError, TimeoutError))
+
+
+async def _on_database_error(request: Request, error: Exception) -> Response:
+    request_id = request.scope.get("state", {}).get("request_id", "-")
+    if not _is_outage(error):
+        # A statement failed for a reason no client caused: a bug, logged, never shown.
+        log.error("database error request_id=%s", request_id, exc_info=error)
+        return problem_response(500, "internal_error", ProblemError.detail)
+    log.warning("database unavailable: %s request_id=%s", type(error).__name__, request_id)
     unavailable = DatabaseUnavailable()
     return problem_response(
         unavailable.status, unavailable.code, unavailable.message, headers={"Retry-After": "5"}
@@ -198,14 +216,8 @@ def install_error_handlers(app: FastAPI) -> None:
     app.add_exception_handler(RequestValidationError, _on_validation)
     app.add_exception_handler(StarletteHTTPException, _on_http)
     app.add_exception_handler(StaleDataError, _on_stale)
-    for outage in (
-        sa_exc.OperationalError,
-        sa_exc.InterfaceError,
-        sa_exc.TimeoutError,
-        ConnectionError,
-        TimeoutError,
-    ):
-        app.add_exception_handler(outage, _on_database_down)
+    for database_error in (sa_exc.DBAPIError, sa_exc.TimeoutError, ConnectionError, TimeoutError):
+        app.add_exception_handler(database_error, _on_database_error)
 
 
 def problem_responses(*errors: type[ProblemError]) -> dict[int | str, dict[str, Any]]:
