@@ -7,7 +7,7 @@ import signal
 import socket
 import subprocess
 import sys
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -64,7 +64,11 @@ async def wait_healthy(base_url: str) -> None:
 
 @asynccontextmanager
 async def running_server(
-    database_url: str, workdir: Path, *, port: int | None = None, **env: str
+    database_url: str,
+    workdir: Path,
+    *,
+    port: int | None = None,
+    env: Mapping[str, str] | None = None,
 ) -> AsyncIterator[Server]:
     """`userapi serve` on a free port; killed and reaped however the test ends."""
     port = port or free_port()
@@ -74,7 +78,7 @@ async def running_server(
         "--port",
         str(port),
         cwd=workdir,
-        env=server_env(database_url, **env),
+        env=server_env(database_url, **(env or {})),
         stdout=asyncio.subprocess.DEVNULL,
         stderr=asyncio.subprocess.DEVNULL,
     )
