@@ -120,10 +120,13 @@ class Database:
         async with factory() as session:
             try:
                 yield session
+                # Inside the try: a COMMIT that fails (SQLite checks deferred foreign keys
+                # there) leaves the transaction open, holding the write lock, unless we
+                # roll it back before the connection goes back to the pool.
+                await session.commit()
             except BaseException:
                 await session.rollback()
                 raise
-            await session.commit()
 
     async def dispose(self) -> None:
         await self.engine.dispose()
