@@ -1,0 +1,231 @@
+"""The `userapi` command, run as an operator runs it: a subprocess configured by environment.
+
+API.md "Running it": serve | migrate | create-admin (new-feature: see test_discovery.py).
+"""
+
+import signal
+import socket
+import subprocess
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+
+from kernel.settings import Settings
+from tests.conftest import make_settings
+from tests.factories import Account, assert_problem, login
+from tests.kernel.conftest import EmptyDatabase
+from tests.kernel.helpers import USERAPI, CliResult, cli_env, run_cli, serving
+
+ADMIN_PASSWORD = "a long admin passphrase nobody else uses"
+SERVE_START_SECONDS = 20
+SERVE_STOP_SECONDS = 30
+
+
+async def create_admin(
+    database: EmptyDatabase, cwd: Path, email: str, *args: str, **env: str
+) -> CliResult:
+    return await run_cli(
+        "create-admin",
+        "--email",
+        email,
+        *args,
+        env=cli_env(DATABASE_URL=database.operator_url, **env),
+        cwd=cwd,
+    )
+
+
+def app_settings(database: EmptyDatabase, tmp_path: Path) -> Settings:
+    return make_settings(database.url, tmp_path / "app-data")
+
+
+# --- create-admin -----------------------------------------------------------------------
+
+
+async def test_create_admin_makes_an_admin_who_can_list_users(
+    empty_database: EmptyDatabase, tmp_path: Path
+) -> None:
+    result = await create_admin(
+        empty_database, tmp_path, "root@example.com", "--password", ADMIN_PASSWORD
+    )
+    assert result.returncode == 0, result.stderr
+
+    async with serving(app_settings(empty_database, tmp_path)) as http:
+        admin = await login(http, Account(id="", email="root@example.com", password=ADMIN_PASSWORD))
+        response = await http.get("/api/v1/users", headers=admin.headers)
+
+    assert response.status_code == 200, response.text
+    [record] = response.json()["items"]
+    assert record["email"] == "root@example.com"
+    assert record["is_superuser"] is True
+
+
+async def test_create_admin_takes_the_password_from_the_environment(
+    empty_database: EmptyDatabase, tmp_path: Path
+) -> None:
+    result = await create_admin(
+        empty_database, tmp_path, "root@example.com", USERAPI_ADMIN_PASSWORD=ADMIN_PASSWORD
+    )
+    assert result.returncode == 0, result.stderr
+
+    async with serving(app_settings(empty_database, tmp_path)) as http:
+        response = await http.post(
+            "/api/v1/auth/login", json={"email": "root@example.com", "password": ADMIN_PASSWORD}
+        )
+
+    assert response.status_code == 200, response.text
+
+
+async def test_create_admin_refuses_a_common_password(
+    empty_database: EmptyDatabase, tmp_path: Path
+) -> None:
+    result = await create_admin(
+        empty_database, tmp_path, "root@example.com", "--password", "password123"
+    )
+
+    assert result.returncode == 1
+    assert len(result.stderr.strip().splitlines()) == 1, result.stderr
+    assert "commonly used" in result.stderr
+
+
+async def test_create_admin_with_a_common_password_creates_nobody(
+    empty_database: EmptyDatabase, tmp_path: Path
+) -> None:
+    env = cli_env(DATABASE_URL=empty_database.operator_url)
+    assert (await run_cli("migrate", env=env, cwd=tmp_path)).returncode == 0
+
+    await create_admin(empty_database, tmp_path, "root@example.com", "--password", "password123")
+
+    async with serving(app_settings(empty_database, tmp_path)) as http:
+        response = await http.post(
+            "/api/v1/auth/login", json={"email": "root@example.com", "password": "password123"}
+        )
+
+    assert_problem(response, 401, "invalid_credentials")
+
+
+async def test_create_admin_refuses_a_duplicate_email(
+    empty_database: EmptyDatabase, tmp_path: Path
+) -> None:
+    first = await create_admin(
+        empty_database, tmp_path, "root@example.com", "--password", ADMIN_PASSWORD
+    )
+    assert first.returncode == 0, first.stderr
+
+    second = await create_admin(
+        empty_database, tmp_path, "ROOT@example.com", "--password", ADMIN_PASSWORD + " two"
+    )
+
+    assert second.returncode == 1
+    assert len(second.stderr.strip().splitlines()) == 1, second.stderr
+    assert "root@example.com" in second.stderr
+
+
+async def test_create_admin_without_a_password_exits_with_one_line(
+    empty_database: EmptyDatabase, tmp_path: Path
+) -> None:
+    result = await create_admin(empty_database, tmp_path, "root@example.com")
+
+    assert result.returncode == 1
+    assert len(result.stderr.strip().splitlines()) == 1, result.stderr
+    assert "USERAPI_ADMIN_PASSWORD" in result.stderr
+
+
+# --- migrate ----------------------------------------------------------------------------
+
+
+async def test_migrate_makes_a_fresh_database_ready(
+    empty_database: EmptyDatabase, tmp_path: Path
+) -> None:
+    env = cli_env(DATABASE_URL=empty_database.operator_url)
+    result = await run_cli("migrate", env=env, cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+
+    async with serving(app_settings(empty_database, tmp_path)) as http:
+        response = await http.get("/ready")
+
+    assert response.status_code == 200, response.text
+
+
+# --- serve ------------------------------------------------------------------------------
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port: int = probe.getsockname()[1]
+        return port
+
+
+@pytest.fixture
+def server(tmp_path: Path) -> Iterator[tuple[subprocess.Popen[bytes], str]]:
+    """`userapi serve` in an empty working directory: no DATABASE_URL, no SECRET_KEY."""
+    port = free_port()
+    env = cli_env()
+    del env["SECRET_KEY"]
+    log = (tmp_path / "serve.log").open("wb")
+    process = subprocess.Popen(
+        [str(USERAPI), "serve", "--port", str(port)],
+        cwd=tmp_path,
+        env=env,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+    )
+    try:
+        yield process, f"http://127.0.0.1:{port}"
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait(timeout=SERVE_STOP_SECONDS)
+        log.close()
+
+
+def wait_until_healthy(process: subprocess.Popen[bytes], base_url: str) -> None:
+    deadline = time.monotonic() + SERVE_START_SECONDS
+    while time.monotonic() < deadline:
+        assert process.poll() is None, "userapi serve exited during start-up"
+        try:
+            if httpx.get(f"{base_url}/health", timeout=1).status_code == 200:
+                return
+        except httpx.TransportError:
+            pass
+        time.sleep(0.1)
+    pytest.fail(f"userapi serve did not answer /health within {SERVE_START_SECONDS} s")
+
+
+def test_serve_answers_over_http_with_a_database_in_the_working_directory(
+    server: tuple[subprocess.Popen[bytes], str], tmp_path: Path
+) -> None:
+    process, base_url = server
+    wait_until_healthy(process, base_url)
+
+    response = httpx.post(
+        f"{base_url}/api/v1/auth/register",
+        json={
+            "email": "served@example.com",
+            "password": "correct horse battery staple",
+            "first_name": "Ada",
+            "last_name": "Lovelace",
+        },
+        timeout=30,
+    )
+
+    assert response.status_code == 201, response.text
+    assert (tmp_path / "data" / "userapi.db").is_file()
+    assert (tmp_path / "data" / "secret_key").is_file()
+
+
+def test_serve_shuts_down_gracefully_on_sigterm(
+    server: tuple[subprocess.Popen[bytes], str], tmp_path: Path
+) -> None:
+    process, base_url = server
+    wait_until_healthy(process, base_url)
+
+    process.send_signal(signal.SIGTERM)
+    returncode = process.wait(timeout=SERVE_STOP_SECONDS)
+
+    # uvicorn finishes the shutdown, then re-raises SIGTERM so the exit says why it stopped.
+    assert returncode in {0, -signal.SIGTERM}
+    assert "Application shutdown complete" in (tmp_path / "serve.log").read_text()

@@ -1,0 +1,70 @@
+"""GET /health and GET /ready (API.md "GET /health and GET /ready")."""
+
+from pathlib import Path
+
+import httpx
+from fastapi import FastAPI
+
+from kernel import schema
+from kernel.db import Database
+from tests.conftest import make_settings
+from tests.factories import assert_problem
+from tests.kernel.conftest import EmptyDatabase
+from tests.kernel.helpers import serving
+
+
+async def test_health_is_200_ok(client: httpx.AsyncClient) -> None:
+    response = await client.get("/health")
+
+    assert response.status_code == 200
+    assert response.json() == {"status": "ok"}
+
+
+async def test_ready_is_200_on_a_migrated_database(client: httpx.AsyncClient) -> None:
+    response = await client.get("/ready")
+
+    assert response.status_code == 200
+    assert response.json() == {"status": "ok"}
+
+
+async def test_ready_is_503_when_the_schema_is_behind_the_newest_migration(
+    client: httpx.AsyncClient, app: FastAPI
+) -> None:
+    database: Database = app.state.database
+    await schema.downgrade(database, "base")
+    try:
+        response = await client.get("/ready")
+    finally:
+        # PostgreSQL's test database is shared by the session: put the schema back.
+        await schema.upgrade(database)
+
+    assert_problem(response, 503, "database_unavailable")
+
+
+async def test_ready_is_503_on_a_database_never_migrated(
+    empty_database: EmptyDatabase, tmp_path: Path
+) -> None:
+    async with serving(make_settings(empty_database.url, tmp_path)) as http:
+        response = await http.get("/ready")
+
+    assert_problem(response, 503, "database_unavailable")
+
+
+async def test_health_is_200_even_when_the_database_is_not_ready(
+    empty_database: EmptyDatabase, tmp_path: Path
+) -> None:
+    async with serving(make_settings(empty_database.url, tmp_path)) as http:
+        response = await http.get("/health")
+
+    assert response.status_code == 200
+    assert response.json() == {"status": "ok"}
+
+
+async def test_ready_is_503_when_the_database_does_not_answer(tmp_path: Path) -> None:
+    # Port 1 on the loopback: nothing listens there, the connection is refused at once.
+    unreachable = "postgresql+asyncpg://postgres@127.0.0.1:1/userapi"
+
+    async with serving(make_settings(unreachable, tmp_path)) as http:
+        response = await http.get("/ready")
+
+    assert_problem(response, 503, "database_unavailable")

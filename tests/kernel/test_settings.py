@@ -1,0 +1,184 @@
+"""Settings: validated once at start-up, one line per bad value, strict in production.
+
+API.md "Running it"; DESIGN.md "settings.py".
+"""
+
+from pathlib import Path
+
+import pytest
+
+from kernel.settings import SettingsError, load_settings
+from tests.conftest import make_settings
+from tests.factories import TEST_SECRET, assert_problem, make_user
+from tests.kernel.helpers import cli_env, run_cli, serving
+
+STRONG_SECRET = "production-secret-key-of-plenty-of-characters-0123456789"
+
+
+def settings_error(**overrides: object) -> str:
+    with pytest.raises(SettingsError) as caught:
+        load_settings(**overrides)
+    return str(caught.value)
+
+
+# --- bad values -------------------------------------------------------------------------
+
+
+def test_bad_value_as_an_override_names_the_setting() -> None:
+    message = settings_error(login_max_failures="abc")
+
+    assert len(message.splitlines()) == 1
+    assert "LOGIN_MAX_FAILURES" in message
+
+
+def test_bad_value_in_the_environment_names_the_setting(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("LOGIN_MAX_FAILURES", "abc")
+
+    message = settings_error()
+
+    assert len(message.splitlines()) == 1
+    assert "LOGIN_MAX_FAILURES" in message
+
+
+def test_unsupported_database_scheme_names_database_url() -> None:
+    message = settings_error(database_url="mysql://x")
+
+    assert len(message.splitlines()) == 1
+    assert "DATABASE_URL" in message
+
+
+def test_each_bad_value_gets_its_own_line() -> None:
+    message = settings_error(
+        login_max_failures="abc", database_url="mysql://x", access_token_ttl_seconds=-1
+    )
+
+    lines = message.splitlines()
+    assert len(lines) == 3
+    assert sum("LOGIN_MAX_FAILURES" in line for line in lines) == 1
+    assert sum("DATABASE_URL" in line for line in lines) == 1
+    assert sum("ACCESS_TOKEN_TTL_SECONDS" in line for line in lines) == 1
+
+
+@pytest.mark.parametrize(
+    ("variable", "value"), [("LOGIN_MAX_FAILURES", "abc"), ("DATABASE_URL", "mysql://x")]
+)
+@pytest.mark.parametrize("command", ["migrate", "serve"])
+async def test_cli_with_a_bad_setting_exits_with_a_one_line_message(
+    tmp_path: Path, command: str, variable: str, value: str
+) -> None:
+    env = cli_env(DATABASE_URL=f"sqlite:///{tmp_path / 'x.db'}") | {variable: value}
+
+    result = await run_cli(command, env=env, cwd=tmp_path)
+
+    assert result.returncode != 0
+    assert len(result.stderr.strip().splitlines()) == 1, result.stderr
+    assert variable in result.stderr
+    assert not (tmp_path / "x.db").exists()
+
+
+# --- production -------------------------------------------------------------------------
+
+
+def production(**overrides: object) -> dict[str, object]:
+    values: dict[str, object] = {
+        "env": "production",
+        "secret_key": STRONG_SECRET,
+        "database_url": "postgresql://app@db/userapi",
+    }
+    return values | overrides
+
+
+def test_production_accepts_a_strong_configuration() -> None:
+    # The control for the refusals below.
+    settings = load_settings(**production())
+
+    assert settings.env == "production"
+
+
+@pytest.mark.parametrize("secret_key", ["", "x" * 31])
+def test_production_refuses_a_missing_or_short_secret_key(secret_key: str) -> None:
+    message = settings_error(**production(secret_key=secret_key))
+
+    assert len(message.splitlines()) == 1
+    assert "SECRET_KEY" in message
+
+
+def test_production_refuses_argon2_memory_below_owasp() -> None:
+    message = settings_error(**production(argon2_memory_kib=19455))
+
+    assert len(message.splitlines()) == 1
+    assert "ARGON2_MEMORY_KIB" in message
+
+
+def test_production_refuses_argon2_time_cost_below_owasp() -> None:
+    message = settings_error(**production(argon2_time_cost=1))
+
+    assert len(message.splitlines()) == 1
+    assert "ARGON2_TIME_COST" in message
+
+
+def test_production_accepts_argon2_at_the_owasp_minimum() -> None:
+    settings = load_settings(**production(argon2_memory_kib=19456, argon2_time_cost=2))
+
+    assert (settings.argon2_memory_kib, settings.argon2_time_cost) == (19456, 2)
+
+
+# --- the generated development key -------------------------------------------------------
+
+
+async def test_generated_key_is_kept_in_the_data_dir_and_reused(
+    database_url: str, tmp_path: Path
+) -> None:
+    data_dir = tmp_path / "data"
+    async with serving(make_settings(database_url, data_dir, secret_key="")) as first:
+        account = await make_user(first)
+
+    async with serving(make_settings(database_url, data_dir, secret_key="")) as second:
+        response = await second.get("/api/v1/users/me", headers=account.headers)
+
+    assert response.status_code == 200, response.text
+    assert (data_dir / "secret_key").is_file()
+
+
+async def test_generated_key_differs_between_data_dirs(database_url: str, tmp_path: Path) -> None:
+    # The control for the test above: the key really is generated, not a constant.
+    async with serving(make_settings(database_url, tmp_path / "one", secret_key="")) as first:
+        account = await make_user(first)
+
+    async with serving(make_settings(database_url, tmp_path / "two", secret_key="")) as second:
+        response = await second.get("/api/v1/users/me", headers=account.headers)
+
+    assert_problem(response, 401, "invalid_token")
+
+
+def test_generated_key_is_never_the_test_key(tmp_path: Path) -> None:
+    settings = load_settings(env="development", secret_key="", data_dir=tmp_path)
+
+    assert len(settings.signing_key) >= 32
+    assert settings.signing_key != TEST_SECRET
+
+
+# --- database URLs ----------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("given", "used"),
+    [
+        ("postgresql://app@db:5432/userapi", "postgresql+asyncpg://app@db:5432/userapi"),
+        ("postgresql+asyncpg://app@db/userapi", "postgresql+asyncpg://app@db/userapi"),
+        ("sqlite:///data/app.db", "sqlite+aiosqlite:///data/app.db"),
+        ("sqlite+aiosqlite:///data/app.db", "sqlite+aiosqlite:///data/app.db"),
+    ],
+)
+def test_database_urls_are_mapped_to_the_async_drivers(given: str, used: str) -> None:
+    settings = load_settings(database_url=given, secret_key=TEST_SECRET)
+
+    assert settings.resolved_database_url == used
+
+
+def test_without_database_url_the_database_is_a_sqlite_file_in_the_data_dir(
+    tmp_path: Path,
+) -> None:
+    settings = load_settings(database_url="", data_dir=tmp_path, secret_key=TEST_SECRET)
+
+    assert settings.resolved_database_url == f"sqlite+aiosqlite:///{tmp_path / 'userapi.db'}"
