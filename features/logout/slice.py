@@ -10,14 +10,14 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from sqlmodel import col
 
 from kernel.db import SessionDep
-from kernel.fields import SafeText, StrictInput
-from kernel.tokens import RefreshToken, hash_refresh_token, revoke_family
+from kernel.fields import StrictInput
+from kernel.tokens import RefreshToken, RefreshTokenValue, hash_refresh_token, revoke_family
 
 router = APIRouter(tags=["auth"])
 
 
 class LogoutRequest(StrictInput):
-    refresh_token: SafeText
+    refresh_token: RefreshTokenValue
 
 
 async def logout(session: AsyncSession, token: str) -> None:

@@ -11,13 +11,14 @@ from sqlmodel import col
 
 from kernel.db import SessionDep, utc_now
 from kernel.errors import InvalidToken, problem_responses
-from kernel.fields import SafeText, StrictInput
+from kernel.fields import StrictInput
 from kernel.security import AccessTokensDep, SettingsDep
 from kernel.settings import Settings
 from kernel.tokens import (
     NO_STORE_HEADERS,
     AccessTokens,
     RefreshToken,
+    RefreshTokenValue,
     TokenPair,
     hash_refresh_token,
     issue_token_pair,
@@ -29,7 +30,7 @@ router = APIRouter(tags=["auth"])
 
 
 class RefreshRequest(StrictInput):
-    refresh_token: SafeText
+    refresh_token: RefreshTokenValue
 
 
 async def refresh(

@@ -5,16 +5,18 @@ import secrets
 import uuid
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import jwt
 from pydantic import BaseModel
+from pydantic import Field as PydanticField
 from sqlalchemy import delete, update
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlmodel import Field, SQLModel, col
 
 from kernel.db import UTCDateTime, utc_now
 from kernel.errors import InvalidToken
+from kernel.fields import SafeText
 from kernel.settings import Settings
 from kernel.users import User
 
@@ -104,6 +106,11 @@ class RefreshToken(SQLModel, table=True):
 def hash_refresh_token(token: str) -> str:
     # 256 random bits need no slow hash: a fast digest is enough to make a leaked table useless.
     return hashlib.sha256(token.encode()).hexdigest()
+
+
+# What clients send back: the opaque value we issued (43 characters); a cap keeps
+# absurd input away from the hash and the database.
+RefreshTokenValue = Annotated[SafeText, PydanticField(min_length=1, max_length=512)]
 
 
 class TokenPair(BaseModel):

@@ -1,0 +1,164 @@
+"""Hostile input on every route that takes input: a 4xx problem, and nothing changes.
+
+Each case sends one hostile request as a signed-in user, then compares everything an
+admin can see (every user's full record) with what it was before.
+"""
+
+from typing import Any
+
+import httpx
+import pytest
+
+from tests.factories import Account
+
+LONG = "x" * 10_000
+HUGE_NUMBERS = [str(2**63), str(2**63 + 1), str(2**64), "1" + "0" * 40, "-1", str(-(2**63))]
+
+# (method, path, raw JSON body) for every JSON route; "{me}" is replaced by the user's id.
+JSON_ROUTES = [
+    (
+        "POST",
+        "/api/v1/auth/register",
+        '{"email": "h@example.com", "password": %s, "first_name": %s, "last_name": "L"}',
+    ),
+    ("POST", "/api/v1/auth/login", '{"email": "h@example.com", "password": %s, "x": %s}'),
+    ("POST", "/api/v1/auth/refresh", '{"refresh_token": %s, "x": %s}'),
+    ("POST", "/api/v1/auth/logout", '{"refresh_token": %s, "x": %s}'),
+    ("PATCH", "/api/v1/users/me", '{"bio": %s, "first_name": %s}'),
+    ("PATCH", "/api/v1/users/{me}", '{"last_name": %s, "first_name": %s}'),
+    ("POST", "/api/v1/users/me/deactivate", '{"current_password": %s, "x": %s}'),
+]
+HOSTILE_STRINGS = {
+    "nul": '"a\\u0000b"',
+    "lone-surrogate": '"a\\ud800b"',
+    "ten-thousand-chars": f'"{LONG}"',
+    "number-not-string": "12345678901234567890",
+    "nested-object": '{"$gt": ""}',
+}
+HOSTILE_BODIES = {
+    "duplicate-keys": '{"refresh_token": "a", "refresh_token": "b"}',
+    "array": '[{"refresh_token": "a"}]',
+    "string": '"refresh_token"',
+    "number": "42",
+    "null": "null",
+    "truncated": '{"refresh_token": "a"',
+    "deep-nesting": "[" * 30_000 + "]" * 30_000,
+    "not-utf8": '{"refresh_token": "\xff\xfe"}',
+}
+
+
+async def _everything(client: httpx.AsyncClient, admin: Account, user: Account) -> Any:
+    page = await client.get("/api/v1/users", headers=admin.headers, params={"limit": 100})
+    me = await client.get("/api/v1/users/me", headers=user.headers)
+    assert page.status_code == 200
+    assert me.status_code == 200
+    return page.json(), me.json(), me.headers["etag"]
+
+
+def _assert_client_error(response: httpx.Response) -> None:
+    assert 400 <= response.status_code < 500, response.text
+    assert response.headers["content-type"] == "application/problem+json"
+    assert response.json()["code"]
+
+
+@pytest.mark.parametrize(("method", "path", "template"), JSON_ROUTES)
+@pytest.mark.parametrize("value", HOSTILE_STRINGS.values(), ids=HOSTILE_STRINGS.keys())
+async def test_hostile_field_values_are_refused_and_change_nothing(
+    client: httpx.AsyncClient,
+    admin: Account,
+    user: Account,
+    method: str,
+    path: str,
+    template: str,
+    value: str,
+) -> None:
+    before = await _everything(client, admin, user)
+    body = (template % (value, value)).encode("utf-8", "surrogatepass")
+
+    response = await client.request(
+        method,
+        path.format(me=user.id),
+        content=body,
+        headers=user.headers | {"Content-Type": "application/json"},
+    )
+
+    _assert_client_error(response)
+    assert await _everything(client, admin, user) == before
+
+
+@pytest.mark.parametrize(("method", "path", "_template"), JSON_ROUTES)
+@pytest.mark.parametrize("body", HOSTILE_BODIES.values(), ids=HOSTILE_BODIES.keys())
+async def test_hostile_bodies_are_refused_and_change_nothing(
+    client: httpx.AsyncClient,
+    admin: Account,
+    user: Account,
+    method: str,
+    path: str,
+    _template: str,
+    body: str,
+) -> None:
+    before = await _everything(client, admin, user)
+
+    response = await client.request(
+        method,
+        path.format(me=user.id),
+        content=body.encode("latin-1"),
+        headers=user.headers | {"Content-Type": "application/json"},
+    )
+
+    _assert_client_error(response)
+    assert await _everything(client, admin, user) == before
+
+
+@pytest.mark.parametrize("content_type", ["text/plain", "application/xml", "image/png"])
+@pytest.mark.parametrize(("method", "path", "_template"), JSON_ROUTES)
+async def test_wrong_content_types_get_415_and_change_nothing(
+    client: httpx.AsyncClient,
+    admin: Account,
+    user: Account,
+    method: str,
+    path: str,
+    _template: str,
+    content_type: str,
+) -> None:
+    before = await _everything(client, admin, user)
+
+    response = await client.request(
+        method,
+        path.format(me=user.id),
+        content=b'{"bio": "x"}',
+        headers=user.headers | {"Content-Type": content_type},
+    )
+
+    assert response.status_code == 415
+    assert response.json()["code"] == "unsupported_media_type"
+    assert await _everything(client, admin, user) == before
+
+
+@pytest.mark.parametrize("parameter", ["limit", "is_active", "include_total", "sort"])
+@pytest.mark.parametrize("value", [*HUGE_NUMBERS, "1e3", "0x10", "5.5", "NaN", "yes!"])
+async def test_out_of_range_query_values_get_422(
+    client: httpx.AsyncClient, admin: Account, parameter: str, value: str
+) -> None:
+    response = await client.get("/api/v1/users", headers=admin.headers, params={parameter: value})
+
+    assert response.status_code == 422, response.text
+    assert response.json()["code"] == "validation_error"
+
+
+@pytest.mark.parametrize(
+    "name",
+    ["Zoë 🚀👩‍💻", "مريم", "שָׁלוֹם", "\u202eevil\u202c", "李小龍", 'O\'Brien-"Quote"'],
+)
+async def test_names_in_any_script_round_trip_exactly(
+    client: httpx.AsyncClient, user: Account, name: str
+) -> None:
+    response = await client.patch(
+        "/api/v1/users/me", headers=user.headers, json={"first_name": name, "bio": name}
+    )
+    me = await client.get("/api/v1/users/me", headers=user.headers)
+
+    assert response.status_code == 200, response.text
+    assert me.json()["first_name"] == name
+    assert me.json()["bio"] == name
+    assert me.json()["full_name"] == f"{name} {user.record['last_name']}"
