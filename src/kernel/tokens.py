@@ -108,9 +108,10 @@ def hash_refresh_token(token: str) -> str:
     return hashlib.sha256(token.encode()).hexdigest()
 
 
-# What clients send back: the opaque value we issued (43 characters); a cap keeps
+# What clients send back: the opaque value we issued (43 characters). Anything up to
+# 4096 characters is just an unknown token (401); the cap keeps
 # absurd input away from the hash and the database.
-RefreshTokenValue = Annotated[SafeText, PydanticField(min_length=1, max_length=512)]
+RefreshTokenValue = Annotated[SafeText, PydanticField(min_length=1, max_length=4096)]
 
 
 class TokenPair(BaseModel):
