@@ -10,6 +10,7 @@ import os
 import shutil
 import uuid
 from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
@@ -20,43 +21,61 @@ from fastapi import FastAPI
 from sqlalchemy import text
 
 from kernel import schema
-from kernel.app import create_app
 from kernel.db import Database, metadata
 from kernel.settings import Settings, load_settings
 from kernel.slices import load_tables
-from tests.factories import FAST_HASHING, TEST_SECRET, Account, make_admin, make_user
+from tests.factories import FAST_HASHING, TEST_SECRET, Account, make_admin, make_user, serving
 
 POSTGRES_ADMIN_DSN = os.environ.get(
     "USERAPI_TEST_POSTGRES", "postgresql://postgres@127.0.0.1:5432/test"
 )
 
 
-def _postgres_url(database: str) -> str:
-    base = POSTGRES_ADMIN_DSN.rsplit("/", 1)[0]
-    return f"{base.replace('postgresql://', 'postgresql+asyncpg://', 1)}/{database}"
+def postgres_url(database: str) -> str:
+    """The URL of this database on the test server, as an operator writes it."""
+    return f"{POSTGRES_ADMIN_DSN.rsplit('/', 1)[0]}/{database}"
 
 
-async def _admin_execute(*statements: str) -> None:
+def async_url(url: str) -> str:
+    """The URL with the async driver, as the kernel uses it."""
+    return url.replace("postgresql://", "postgresql+asyncpg://", 1)
+
+
+@asynccontextmanager
+async def admin_connection() -> AsyncIterator[asyncpg.Connection]:
+    """A connection to the PostgreSQL test server as its administrator."""
     connection = await asyncpg.connect(POSTGRES_ADMIN_DSN, timeout=5)
     try:
-        for statement in statements:
-            await connection.execute(statement)
+        yield connection
     finally:
         await connection.close()
 
 
-async def _migrate(url: str) -> None:
+async def admin_execute(*statements: str) -> None:
+    """Run statements, one after another, on an admin connection."""
+    async with admin_connection() as connection:
+        for statement in statements:
+            await connection.execute(statement)
+
+
+@asynccontextmanager
+async def _database(url: str) -> AsyncIterator[Database]:
     database = Database(load_settings(database_url=url, env="test", secret_key=TEST_SECRET))
     try:
-        await schema.upgrade(database)
+        yield database
     finally:
         await database.dispose()
+
+
+async def migrate(url: str) -> None:
+    async with _database(url) as database:
+        await schema.upgrade(database)
 
 
 @pytest.fixture(scope="session")
 def sqlite_template(tmp_path_factory: pytest.TempPathFactory) -> Path:
     path = tmp_path_factory.mktemp("template") / "userapi.db"
-    asyncio.run(_migrate(f"sqlite+aiosqlite:///{path}"))
+    asyncio.run(migrate(f"sqlite+aiosqlite:///{path}"))
     return path
 
 
@@ -64,16 +83,16 @@ def sqlite_template(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def postgres_database() -> Iterator[str]:
     name = f"userapi_test_{os.getpid()}_{uuid.uuid4().hex[:6]}"
     try:
-        asyncio.run(_admin_execute(f'CREATE DATABASE "{name}"'))
+        asyncio.run(admin_execute(f'CREATE DATABASE "{name}"'))
     except (OSError, asyncpg.PostgresError) as error:
         message = f"PostgreSQL at {POSTGRES_ADMIN_DSN} is unreachable: {error}"
         if os.environ.get("CI") == "true":
             pytest.fail(message)  # under CI a missing PostgreSQL fails the run
         pytest.skip(message)
-    url = _postgres_url(name)
-    asyncio.run(_migrate(url))
+    url = async_url(postgres_url(name))
+    asyncio.run(migrate(url))
     yield url
-    asyncio.run(_admin_execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+    asyncio.run(admin_execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])
@@ -91,12 +110,8 @@ def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
 
 
 async def _truncate(url: str, tables: str) -> None:
-    database = Database(load_settings(database_url=url, env="test", secret_key=TEST_SECRET))
-    try:
-        async with database.engine.begin() as connection:
-            await connection.execute(text(f"TRUNCATE {tables} CASCADE"))
-    finally:
-        await database.dispose()
+    async with _database(url) as database, database.engine.begin() as connection:
+        await connection.execute(text(f"TRUNCATE {tables} CASCADE"))
 
 
 def make_settings(database_url: str, data_dir: Path, **overrides: Any) -> Settings:
@@ -117,18 +132,19 @@ def settings(database_url: str, tmp_path: Path) -> Settings:
 
 
 @pytest.fixture
-async def app(settings: Settings) -> AsyncIterator[FastAPI]:
-    application = create_app(settings)
-    # ASGITransport does not run the lifespan: enter it here, as a server would.
-    async with application.router.lifespan_context(application):
-        yield application
+async def served(settings: Settings) -> AsyncIterator[tuple[FastAPI, httpx.AsyncClient]]:
+    async with serving(settings) as app_and_client:
+        yield app_and_client
 
 
 @pytest.fixture
-async def client(app: FastAPI) -> AsyncIterator[httpx.AsyncClient]:
-    transport = httpx.ASGITransport(app=app)
-    async with httpx.AsyncClient(transport=transport, base_url="http://testserver") as http:
-        yield http
+def app(served: tuple[FastAPI, httpx.AsyncClient]) -> FastAPI:
+    return served[0]
+
+
+@pytest.fixture
+def client(served: tuple[FastAPI, httpx.AsyncClient]) -> httpx.AsyncClient:
+    return served[1]
 
 
 @pytest.fixture

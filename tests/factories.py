@@ -1,6 +1,8 @@
 """Tiny factories and assertions for tests: arrange through the API or the kernel only."""
 
 import uuid
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -9,13 +11,29 @@ from fastapi import FastAPI
 from sqlalchemy import update
 from sqlmodel import col
 
+from kernel.app import create_app
 from kernel.db import Database
+from kernel.settings import Settings
 from kernel.users import User
 
 DEFAULT_PASSWORD = "correct horse battery staple"
 TEST_SECRET = "test-secret-key-that-is-long-enough-for-hs256-0123456789"
 # Low argon2 cost keeps the suite fast; production refuses these values (tests/kernel).
 FAST_HASHING = {"argon2_time_cost": 1, "argon2_memory_kib": 8, "argon2_parallelism": 1}
+
+
+@asynccontextmanager
+async def serving(settings: Settings) -> AsyncIterator[tuple[FastAPI, httpx.AsyncClient]]:
+    """A fresh app on these settings, its lifespan entered, and a client speaking to it."""
+    app = create_app(settings)
+    # ASGITransport does not run the lifespan: enter it here, as a server would.
+    async with (
+        app.router.lifespan_context(app),
+        httpx.AsyncClient(
+            transport=httpx.ASGITransport(app=app), base_url="http://testserver"
+        ) as client,
+    ):
+        yield app, client
 
 
 @dataclass
@@ -34,6 +52,17 @@ class Account:
         return {"Authorization": f"Bearer {self.access_token}"}
 
 
+def registration(**changes: Any) -> dict[str, Any]:
+    """A valid registration body for a new email, with these fields changed."""
+    body = {
+        "email": f"user-{uuid.uuid4().hex[:10]}@example.com",
+        "password": DEFAULT_PASSWORD,
+        "first_name": "Ada",
+        "last_name": "Lovelace",
+    }
+    return body | changes
+
+
 async def register(
     client: httpx.AsyncClient,
     *,
@@ -41,9 +70,10 @@ async def register(
     password: str = DEFAULT_PASSWORD,
     **fields: Any,
 ) -> Account:
-    email = email or f"user-{uuid.uuid4().hex[:10]}@example.com"
-    body = {"email": email, "password": password, "first_name": "Ada", "last_name": "Lovelace"}
-    response = await client.post("/api/v1/auth/register", json=body | fields)
+    body = registration(password=password, **fields)
+    if email:
+        body["email"] = email
+    response = await client.post("/api/v1/auth/register", json=body)
     assert response.status_code == 201, response.text
     record = response.json()
     return Account(id=record["id"], email=record["email"], password=password, record=record)
@@ -74,6 +104,19 @@ async def make_admin(client: httpx.AsyncClient, app: FastAPI, **fields: Any) -> 
             update(User).where(col(User.id) == uuid.UUID(account.id)).values(is_superuser=True)
         )
     return await login(client, account)
+
+
+async def deactivate_self(client: httpx.AsyncClient, account: Account) -> None:
+    response = await client.post(
+        "/api/v1/users/me/deactivate",
+        json={"current_password": account.password},
+        headers=account.headers,
+    )
+    assert response.status_code == 200, response.text
+
+
+async def refresh(client: httpx.AsyncClient, refresh_token: str) -> httpx.Response:
+    return await client.post("/api/v1/auth/refresh", json={"refresh_token": refresh_token})
 
 
 def assert_problem(response: httpx.Response, status: int, code: str) -> dict[str, Any]:

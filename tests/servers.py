@@ -1,11 +1,10 @@
-"""Real `userapi serve` processes for tests that need what only a process has: a port,
-several workers on one database, signals."""
+"""The `userapi` command as a real process: one-off subcommands, and `userapi serve` for
+tests that need what only a process has: a port, several workers on one database, signals."""
 
 import asyncio
 import os
 import signal
 import socket
-import subprocess
 import sys
 from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
@@ -17,6 +16,7 @@ import httpx
 from tests.factories import FAST_HASHING, TEST_SECRET
 
 USERAPI = str(Path(sys.executable).parent / "userapi")
+CLI_TIMEOUT_SECONDS = 120.0
 START_TIMEOUT_SECONDS = 30.0
 STOP_TIMEOUT_SECONDS = 30.0
 
@@ -28,11 +28,47 @@ def free_port() -> int:
         return port
 
 
-def server_env(database_url: str, **extra: str) -> dict[str, str]:
-    """The environment of a test server: the test database, the test key, fast hashing."""
-    env = {**os.environ, "DATABASE_URL": database_url, "SECRET_KEY": TEST_SECRET, "ENV": "test"}
+def cli_env(**values: str) -> dict[str, str]:
+    """A clean environment (nothing inherited that could configure the service), fast argon2."""
+    env = {
+        "PATH": os.environ.get("PATH", ""),
+        "HOME": os.environ.get("HOME", "/"),
+        "SECRET_KEY": TEST_SECRET,
+    }
     env |= {name.upper(): str(value) for name, value in FAST_HASHING.items()}
-    return env | extra
+    return env | values
+
+
+def server_env(database_url: str, **extra: str) -> dict[str, str]:
+    """The environment of a test server: ours, plus the test database, key and fast hashing."""
+    return dict(os.environ) | cli_env(DATABASE_URL=database_url, ENV="test", **extra)
+
+
+@dataclass(frozen=True)
+class CliResult:
+    returncode: int
+    stdout: str
+    stderr: str
+
+
+async def run_cli(*args: str, env: Mapping[str, str], cwd: Path) -> CliResult:
+    """`userapi ARGS` in a subprocess, bounded by a timeout."""
+    process = await asyncio.create_subprocess_exec(
+        USERAPI,
+        *args,
+        env=env,
+        cwd=cwd,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    try:
+        stdout, stderr = await asyncio.wait_for(process.communicate(), CLI_TIMEOUT_SECONDS)
+    except TimeoutError:
+        process.kill()
+        await process.wait()
+        raise
+    assert process.returncode is not None
+    return CliResult(process.returncode, stdout.decode(), stderr.decode())
 
 
 @dataclass
@@ -90,19 +126,3 @@ async def running_server(
         if process.returncode is None:
             process.kill()
         await process.wait()
-
-
-def run_cli(database_url: str, workdir: Path, *args: str, **env: str) -> str:
-    """Run a `userapi` subcommand to completion; its stdout, or an error with its stderr."""
-    done = subprocess.run(
-        [USERAPI, *args],
-        cwd=workdir,
-        env=server_env(database_url, **env),
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
-    )
-    if done.returncode != 0:
-        raise RuntimeError(f"userapi {' '.join(args)} failed: {done.stderr.strip()}")
-    return done.stdout

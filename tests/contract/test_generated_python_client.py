@@ -18,7 +18,7 @@ import pytest
 from kernel.app import create_app
 from tests.conftest import make_settings
 from tests.factories import DEFAULT_PASSWORD
-from tests.servers import run_cli, running_server
+from tests.servers import run_cli, running_server, server_env
 
 GENERATOR = str(Path(sys.executable).parent / "openapi-python-client")
 ADMIN_PASSWORD = "generated client admin passphrase"
@@ -71,15 +71,16 @@ async def test_generated_client_walks_the_whole_account_lifecycle(
         name: _module(client_package, f"api.users.{name}")
         for name in ("get_me", "update_me", "get_user", "list_users")
     }
-    run_cli(
-        database_url,
-        tmp_path,
+    created = await run_cli(
         "create-admin",
         "--email",
         "boss@example.com",
         "--password",
         ADMIN_PASSWORD,
+        env=server_env(database_url),
+        cwd=tmp_path,
     )
+    assert created.returncode == 0, created.stderr
 
     async with running_server(database_url, tmp_path) as server:
         anonymous = client_package.Client(base_url=server.base_url)

@@ -8,10 +8,9 @@ import httpx
 import pytest
 from fastapi import FastAPI
 
-from kernel.app import create_app
 from kernel.settings import Settings
 from tests.conftest import make_settings
-from tests.factories import Account, assert_problem, login, make_admin, register
+from tests.factories import Account, assert_problem, login, make_admin, register, serving
 
 PUBLIC_KEYS = {"id", "first_name", "last_name", "full_name", "bio", "avatar_url"}
 PRIVATE_KEYS = PUBLIC_KEYS | {"email", "is_active", "is_superuser", "created_at", "updated_at"}
@@ -260,14 +259,8 @@ async def test_cursor_signed_with_another_key_returns_422_invalid_cursor(
     client: httpx.AsyncClient, admin: Account, settings: Settings, tmp_path: Path
 ) -> None:
     await register_all(client, "amy", "bob")
-    forger = create_app(
-        make_settings(settings.database_url, tmp_path / "forger", secret_key="f" * 64)
-    )
-    transport = httpx.ASGITransport(app=forger)
-    async with (
-        forger.router.lifespan_context(forger),
-        httpx.AsyncClient(transport=transport, base_url="http://forger") as forger_client,
-    ):
+    forger = make_settings(settings.database_url, tmp_path / "forger", secret_key="f" * 64)
+    async with serving(forger) as (_, forger_client):
         forger_admin = await login(forger_client, Account(admin.id, admin.email, admin.password))
         forged = (await page(forger_client, forger_admin, limit=1))["next_cursor"]
 

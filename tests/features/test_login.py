@@ -2,39 +2,22 @@
 
 import asyncio
 import base64
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
-from fastapi import FastAPI
 from sqlmodel import select
 
-from kernel.app import create_app
 from kernel.db import Database
 from kernel.settings import Settings
 from kernel.users import User
 from tests.conftest import make_settings
-from tests.factories import Account, assert_problem, register
+from tests.factories import Account, assert_problem, deactivate_self, register, serving
 
 LOGIN = "/api/v1/auth/login"
 WRONG_PASSWORD = "definitely not the password"
 TOKEN_FIELDS = {"access_token", "token_type", "expires_in", "refresh_token"}
-
-
-@asynccontextmanager
-async def running(settings: Settings) -> AsyncIterator[tuple[FastAPI, httpx.AsyncClient]]:
-    """Another process of the service on the same database, with its own settings."""
-    application = create_app(settings)
-    async with (
-        application.router.lifespan_context(application),
-        httpx.AsyncClient(
-            transport=httpx.ASGITransport(app=application), base_url="http://testserver"
-        ) as http,
-    ):
-        yield application, http
 
 
 async def attempt(client: httpx.AsyncClient, email: str, password: str) -> httpx.Response:
@@ -147,12 +130,7 @@ async def test_unknown_email_and_wrong_password_get_identical_responses(
 async def test_deactivated_account_with_right_password_returns_403_account_inactive(
     client: httpx.AsyncClient, user: Account
 ) -> None:
-    deactivated = await client.post(
-        "/api/v1/users/me/deactivate",
-        json={"current_password": user.password},
-        headers=user.headers,
-    )
-    assert deactivated.status_code == 200, deactivated.text
+    await deactivate_self(client, user)
 
     response = await attempt(client, user.email, user.password)
 
@@ -162,12 +140,7 @@ async def test_deactivated_account_with_right_password_returns_403_account_inact
 async def test_deactivated_account_with_wrong_password_returns_401_invalid_credentials(
     client: httpx.AsyncClient, user: Account
 ) -> None:
-    deactivated = await client.post(
-        "/api/v1/users/me/deactivate",
-        json={"current_password": user.password},
-        headers=user.headers,
-    )
-    assert deactivated.status_code == 200, deactivated.text
+    await deactivate_self(client, user)
 
     response = await attempt(client, user.email, WRONG_PASSWORD)
 
@@ -247,7 +220,7 @@ async def test_login_works_again_once_the_lockout_window_passes(
     database_url: str, tmp_path: Path
 ) -> None:
     settings = make_settings(database_url, tmp_path, login_lockout_seconds=1)
-    async with running(settings) as (_, http):
+    async with serving(settings) as (_, http):
         account = await register(http)
         await fail(http, account.email, 5)
         assert_locked(await attempt(http, account.email, account.password))
@@ -259,11 +232,11 @@ async def test_login_works_again_once_the_lockout_window_passes(
 
 
 async def test_failure_count_holds_across_a_restart(settings: Settings) -> None:
-    async with running(settings) as (_, first):
+    async with serving(settings) as (_, first):
         account = await register(first)
         await fail(first, account.email, 5)
 
-    async with running(settings) as (_, restarted):
+    async with serving(settings) as (_, restarted):
         response = await attempt(restarted, account.email, account.password)
 
     assert_locked(response)
@@ -274,10 +247,10 @@ async def test_login_rehashes_a_password_hashed_with_weaker_parameters(
 ) -> None:
     weak = make_settings(database_url, tmp_path)
     strong = make_settings(database_url, tmp_path, argon2_time_cost=2, argon2_memory_kib=16)
-    async with running(weak) as (_, weak_client):
+    async with serving(weak) as (_, weak_client):
         account = await register(weak_client)
 
-    async with running(strong) as (application, strong_client):
+    async with serving(strong) as (application, strong_client):
         first = await attempt(strong_client, account.email, account.password)
         second = await attempt(strong_client, account.email, account.password)
         database: Database = application.state.database

@@ -5,18 +5,13 @@ import secrets
 import httpx
 import pytest
 
-from tests.factories import Account, assert_problem, login
+from tests.factories import Account, assert_problem, login, refresh
 
 LOGOUT = "/api/v1/auth/logout"
-REFRESH = "/api/v1/auth/refresh"
 
 
 async def logout(client: httpx.AsyncClient, token: str) -> httpx.Response:
     return await client.post(LOGOUT, json={"refresh_token": token})
-
-
-async def refresh(client: httpx.AsyncClient, token: str) -> httpx.Response:
-    return await client.post(REFRESH, json={"refresh_token": token})
 
 
 async def test_logout_returns_204_with_an_empty_body(

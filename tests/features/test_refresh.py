@@ -7,14 +7,10 @@ from typing import Any
 import httpx
 import pytest
 
-from tests.factories import Account, assert_problem, login
+from tests.factories import Account, assert_problem, deactivate_self, login, refresh
 
 REFRESH = "/api/v1/auth/refresh"
 TOKEN_FIELDS = {"access_token", "token_type", "expires_in", "refresh_token"}
-
-
-async def refresh(client: httpx.AsyncClient, token: str) -> httpx.Response:
-    return await client.post(REFRESH, json={"refresh_token": token})
 
 
 async def refreshed(client: httpx.AsyncClient, token: str) -> dict[str, Any]:
@@ -146,12 +142,7 @@ async def test_access_token_is_not_accepted_as_a_refresh_token(
 async def test_refresh_token_of_a_deactivated_user_returns_401_invalid_token(
     client: httpx.AsyncClient, user: Account
 ) -> None:
-    deactivated = await client.post(
-        "/api/v1/users/me/deactivate",
-        json={"current_password": user.password},
-        headers=user.headers,
-    )
-    assert deactivated.status_code == 200, deactivated.text
+    await deactivate_self(client, user)
 
     response = await refresh(client, user.refresh_token)
 

@@ -9,9 +9,8 @@ from typing import Any
 import httpx
 import pytest
 
-from kernel.app import create_app
 from tests.conftest import make_settings
-from tests.factories import DEFAULT_PASSWORD, assert_problem
+from tests.factories import DEFAULT_PASSWORD, assert_problem, registration, serving
 
 REGISTER = "/api/v1/auth/register"
 LOGIN = "/api/v1/auth/login"
@@ -35,19 +34,9 @@ def new_email() -> str:
     return f"reg-{uuid.uuid4().hex[:10]}@example.com"
 
 
-def valid_body(**overrides: Any) -> dict[str, Any]:
-    body = {
-        "email": new_email(),
-        "password": DEFAULT_PASSWORD,
-        "first_name": "Ada",
-        "last_name": "Lovelace",
-    }
-    return body | overrides
-
-
 async def assert_email_still_free(client: httpx.AsyncClient, email: str) -> None:
     """A rejected registration left nothing behind: the address can still be registered."""
-    response = await client.post(REGISTER, json=valid_body(email=email))
+    response = await client.post(REGISTER, json=registration(email=email))
     assert response.status_code == 201, response.text
 
 
@@ -58,7 +47,7 @@ def issue_types(problem: dict[str, Any]) -> list[str]:
 async def test_register_returns_201_private_user_with_every_field(
     client: httpx.AsyncClient,
 ) -> None:
-    body = valid_body(bio="Mathematician.", avatar_url="https://example.com/ada.png")
+    body = registration(bio="Mathematician.", avatar_url="https://example.com/ada.png")
 
     response = await client.post(REGISTER, json=body)
 
@@ -79,7 +68,7 @@ async def test_register_returns_201_private_user_with_every_field(
 async def test_register_without_optional_fields_returns_null_bio_and_avatar(
     client: httpx.AsyncClient,
 ) -> None:
-    response = await client.post(REGISTER, json=valid_body())
+    response = await client.post(REGISTER, json=registration())
 
     assert response.status_code == 201, response.text
     assert response.json()["bio"] is None
@@ -89,7 +78,7 @@ async def test_register_without_optional_fields_returns_null_bio_and_avatar(
 async def test_register_response_never_contains_the_password_or_its_hash(
     client: httpx.AsyncClient,
 ) -> None:
-    response = await client.post(REGISTER, json=valid_body())
+    response = await client.post(REGISTER, json=registration())
 
     assert response.status_code == 201, response.text
     assert DEFAULT_PASSWORD not in response.text
@@ -98,7 +87,7 @@ async def test_register_response_never_contains_the_password_or_its_hash(
 
 
 async def test_register_sets_location_header_to_the_new_user(client: httpx.AsyncClient) -> None:
-    response = await client.post(REGISTER, json=valid_body())
+    response = await client.post(REGISTER, json=registration())
 
     assert response.status_code == 201, response.text
     assert response.headers["location"] == f"/api/v1/users/{response.json()['id']}"
@@ -107,7 +96,7 @@ async def test_register_sets_location_header_to_the_new_user(client: httpx.Async
 async def test_register_timestamps_are_rfc3339_utc_with_microseconds(
     client: httpx.AsyncClient,
 ) -> None:
-    response = await client.post(REGISTER, json=valid_body())
+    response = await client.post(REGISTER, json=registration())
 
     assert response.status_code == 201, response.text
     assert RFC3339_UTC_MICROS.match(response.json()["created_at"])
@@ -115,7 +104,7 @@ async def test_register_timestamps_are_rfc3339_utc_with_microseconds(
 
 
 async def test_register_sets_updated_at_equal_to_created_at(client: httpx.AsyncClient) -> None:
-    response = await client.post(REGISTER, json=valid_body())
+    response = await client.post(REGISTER, json=registration())
 
     assert response.status_code == 201, response.text
     assert response.json()["updated_at"] == response.json()["created_at"]
@@ -124,7 +113,7 @@ async def test_register_sets_updated_at_equal_to_created_at(client: httpx.AsyncC
 async def test_register_trims_and_lowercases_the_email(client: httpx.AsyncClient) -> None:
     local = uuid.uuid4().hex[:8]
 
-    response = await client.post(REGISTER, json=valid_body(email=f"  Ada.{local}@Example.COM "))
+    response = await client.post(REGISTER, json=registration(email=f"  Ada.{local}@Example.COM "))
 
     assert response.status_code == 201, response.text
     assert response.json()["email"] == f"ada.{local}@example.com"
@@ -132,9 +121,9 @@ async def test_register_trims_and_lowercases_the_email(client: httpx.AsyncClient
 
 async def test_duplicate_email_returns_409_email_taken(client: httpx.AsyncClient) -> None:
     email = new_email()
-    assert (await client.post(REGISTER, json=valid_body(email=email))).status_code == 201
+    assert (await client.post(REGISTER, json=registration(email=email))).status_code == 201
 
-    response = await client.post(REGISTER, json=valid_body(email=email))
+    response = await client.post(REGISTER, json=registration(email=email))
 
     assert_problem(response, 409, "email_taken")
 
@@ -143,9 +132,9 @@ async def test_duplicate_email_in_another_case_returns_409_email_taken(
     client: httpx.AsyncClient,
 ) -> None:
     email = new_email()
-    assert (await client.post(REGISTER, json=valid_body(email=email))).status_code == 201
+    assert (await client.post(REGISTER, json=registration(email=email))).status_code == 201
 
-    response = await client.post(REGISTER, json=valid_body(email=f" {email.upper()} "))
+    response = await client.post(REGISTER, json=registration(email=f" {email.upper()} "))
 
     assert_problem(response, 409, "email_taken")
 
@@ -154,8 +143,8 @@ async def test_duplicate_email_leaves_the_first_account_unchanged(
     client: httpx.AsyncClient,
 ) -> None:
     email = new_email()
-    assert (await client.post(REGISTER, json=valid_body(email=email))).status_code == 201
-    await client.post(REGISTER, json=valid_body(email=email, password="another good passphrase"))
+    assert (await client.post(REGISTER, json=registration(email=email))).status_code == 201
+    await client.post(REGISTER, json=registration(email=email, password="another good passphrase"))
 
     intruder = await client.post(
         LOGIN, json={"email": email, "password": "another good passphrase"}
@@ -173,7 +162,7 @@ async def test_duplicate_email_leaves_the_first_account_unchanged(
 async def test_register_with_an_unknown_field_returns_422(
     client: httpx.AsyncClient, field: str, value: object
 ) -> None:
-    body = valid_body(**{field: value})
+    body = registration(**{field: value})
 
     response = await client.post(REGISTER, json=body)
 
@@ -205,7 +194,7 @@ async def test_register_with_an_unknown_field_returns_422(
 async def test_register_with_an_out_of_bounds_field_returns_422(
     client: httpx.AsyncClient, overrides: dict[str, Any]
 ) -> None:
-    body = valid_body(**overrides)
+    body = registration(**overrides)
 
     response = await client.post(REGISTER, json=body)
 
@@ -228,7 +217,7 @@ async def test_register_with_an_out_of_bounds_field_returns_422(
 async def test_register_accepts_fields_at_their_bounds(
     client: httpx.AsyncClient, overrides: dict[str, Any]
 ) -> None:
-    response = await client.post(REGISTER, json=valid_body(**overrides))
+    response = await client.post(REGISTER, json=registration(**overrides))
 
     assert response.status_code == 201, response.text
 
@@ -237,7 +226,7 @@ async def test_register_accepts_fields_at_their_bounds(
 async def test_register_with_a_common_password_returns_422_password_too_common(
     client: httpx.AsyncClient, password: str
 ) -> None:
-    body = valid_body(password=password)
+    body = registration(password=password)
 
     response = await client.post(REGISTER, json=body)
 
@@ -251,7 +240,7 @@ async def test_register_with_the_email_as_password_returns_422_password_too_comm
 ) -> None:
     email = new_email()
 
-    response = await client.post(REGISTER, json=valid_body(email=email, password=email))
+    response = await client.post(REGISTER, json=registration(email=email, password=email))
 
     problem = assert_problem(response, 422, "validation_error")
     assert "password_too_common" in issue_types(problem)
@@ -261,15 +250,9 @@ async def test_register_with_the_email_as_password_returns_422_password_too_comm
 async def test_register_respects_the_password_min_length_setting(
     database_url: str, tmp_path: Path
 ) -> None:
-    application = create_app(make_settings(database_url, tmp_path, password_min_length=12))
-    async with (
-        application.router.lifespan_context(application),
-        httpx.AsyncClient(
-            transport=httpx.ASGITransport(app=application), base_url="http://testserver"
-        ) as http,
-    ):
-        too_short = await http.post(REGISTER, json=valid_body(password="k3#Vq9!zW2m"))
-        long_enough = await http.post(REGISTER, json=valid_body(password="k3#Vq9!zW2mE"))
+    async with serving(make_settings(database_url, tmp_path, password_min_length=12)) as (_, http):
+        too_short = await http.post(REGISTER, json=registration(password="k3#Vq9!zW2m"))
+        long_enough = await http.post(REGISTER, json=registration(password="k3#Vq9!zW2mE"))
 
     assert_problem(too_short, 422, "validation_error")
     assert long_enough.status_code == 201, long_enough.text
@@ -307,7 +290,7 @@ async def test_register_with_nul_or_lone_surrogate_returns_422(
 async def test_register_with_an_invalid_email_returns_422(
     client: httpx.AsyncClient, email: str
 ) -> None:
-    response = await client.post(REGISTER, json=valid_body(email=email))
+    response = await client.post(REGISTER, json=registration(email=email))
 
     assert_problem(response, 422, "validation_error")
 
@@ -316,7 +299,7 @@ async def test_register_with_an_invalid_email_returns_422(
 async def test_register_without_a_required_field_returns_422(
     client: httpx.AsyncClient, missing: str
 ) -> None:
-    body = valid_body()
+    body = registration()
     del body[missing]
 
     response = await client.post(REGISTER, json=body)
@@ -358,7 +341,7 @@ async def test_concurrent_registrations_of_one_email_yield_one_201_and_409s(
     email = new_email()
 
     responses = await asyncio.gather(
-        *(client.post(REGISTER, json=valid_body(email=email)) for _ in range(20))
+        *(client.post(REGISTER, json=registration(email=email)) for _ in range(20))
     )
 
     assert sorted(response.status_code for response in responses) == [201] + [409] * 19

@@ -8,7 +8,7 @@ import httpx
 import pytest
 from fastapi import FastAPI
 
-from tests.factories import DEFAULT_PASSWORD, Account, assert_problem, login, make_admin
+from tests.factories import DEFAULT_PASSWORD, Account, assert_problem, login, make_admin, refresh
 
 PUBLIC_KEYS = {"id", "first_name", "last_name", "full_name", "bio", "avatar_url"}
 PRIVATE_KEYS = PUBLIC_KEYS | {"email", "is_active", "is_superuser", "created_at", "updated_at"}
@@ -30,10 +30,6 @@ async def patch(
 
 async def log_in(client: httpx.AsyncClient, email: str, password: str) -> httpx.Response:
     return await client.post("/api/v1/auth/login", json={"email": email, "password": password})
-
-
-async def refresh(client: httpx.AsyncClient, account: Account) -> httpx.Response:
-    return await client.post("/api/v1/auth/refresh", json={"refresh_token": account.refresh_token})
 
 
 async def test_partial_update_returns_the_private_user(
@@ -213,7 +209,7 @@ async def test_password_change_revokes_the_old_access_and_refresh_tokens(
     assert (await patch(client, user, body)).status_code == 200
 
     assert_problem(await client.get("/api/v1/users/me", headers=user.headers), 401, "invalid_token")
-    assert_problem(await refresh(client, user), 401, "invalid_token")
+    assert_problem(await refresh(client, user.refresh_token), 401, "invalid_token")
 
 
 @pytest.mark.parametrize("field", ["is_active", "is_superuser"])
@@ -351,7 +347,7 @@ async def test_admin_deactivation_makes_the_users_tokens_fail_at_once(
 
     assert response.json()["is_active"] is False
     assert_problem(await patch(client, user, {"bio": "still here?"}), 401, "invalid_token")
-    assert_problem(await refresh(client, user), 401, "invalid_token")
+    assert_problem(await refresh(client, user.refresh_token), 401, "invalid_token")
     assert_problem(await log_in(client, user.email, user.password), 403, "account_inactive")
 
 
@@ -364,7 +360,7 @@ async def test_reactivation_keeps_old_tokens_revoked_but_allows_a_new_login(
 
     assert response.json()["is_active"] is True
     assert_problem(await client.get("/api/v1/users/me", headers=user.headers), 401, "invalid_token")
-    assert_problem(await refresh(client, user), 401, "invalid_token")
+    assert_problem(await refresh(client, user.refresh_token), 401, "invalid_token")
     fresh = await login(client, Account(user.id, user.email, DEFAULT_PASSWORD))
     assert (await me(client, fresh))["is_active"] is True
 

@@ -7,10 +7,9 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-import asyncpg
 import pytest
 
-from tests.conftest import POSTGRES_ADMIN_DSN
+from tests.conftest import admin_execute, async_url, postgres_url
 
 
 @dataclass(frozen=True)
@@ -21,14 +20,6 @@ class EmptyDatabase:
     operator_url: str  # as an operator writes it in DATABASE_URL
 
 
-async def _admin_execute(statement: str) -> None:
-    connection = await asyncpg.connect(POSTGRES_ADMIN_DSN, timeout=5)
-    try:
-        await connection.execute(statement)
-    finally:
-        await connection.close()
-
-
 @pytest.fixture(params=["sqlite", "postgresql"])
 def empty_database(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[EmptyDatabase]:
     """A new SQLite file, or a newly created PostgreSQL database dropped afterwards."""
@@ -37,12 +28,9 @@ def empty_database(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[E
         yield EmptyDatabase(url=f"sqlite+aiosqlite:///{path}", operator_url=f"sqlite:///{path}")
         return
     name = f"userapi_kernel_{os.getpid()}_{uuid.uuid4().hex[:8]}"
-    asyncio.run(_admin_execute(f'CREATE DATABASE "{name}"'))
-    base = POSTGRES_ADMIN_DSN.rsplit("/", 1)[0]
+    asyncio.run(admin_execute(f'CREATE DATABASE "{name}"'))
+    operator_url = postgres_url(name)
     try:
-        yield EmptyDatabase(
-            url=f"{base.replace('postgresql://', 'postgresql+asyncpg://', 1)}/{name}",
-            operator_url=f"{base}/{name}",
-        )
+        yield EmptyDatabase(url=async_url(operator_url), operator_url=operator_url)
     finally:
-        asyncio.run(_admin_execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+        asyncio.run(admin_execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))

@@ -1,85 +1,23 @@
-"""Helpers the kernel tests share: apps on chosen settings, the CLI, slice folders, JWTs."""
+"""Helpers the kernel tests share: slice folders and JWTs."""
 
-import asyncio
 import hashlib
 import importlib
-import os
 import shutil
 import sys
 import uuid
-from collections.abc import AsyncIterator, Iterator
-from contextlib import asynccontextmanager, contextmanager
-from dataclasses import dataclass
+from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-import httpx
 import jwt
 
 import features
-from kernel.app import create_app
-from kernel.settings import Settings
-from tests.factories import FAST_HASHING, TEST_SECRET
+from tests.factories import TEST_SECRET
 
-USERAPI = Path(sys.executable).with_name("userapi")
-CLI_TIMEOUT_SECONDS = 120
 FEATURES_DIR = Path(features.__path__[0])
 REPOSITORY = FEATURES_DIR.parent
-
-
-# --- apps -------------------------------------------------------------------------------
-
-
-@asynccontextmanager
-async def serving(settings: Settings) -> AsyncIterator[httpx.AsyncClient]:
-    """A fresh app on these settings, its lifespan entered, and a client speaking to it."""
-    app = create_app(settings)
-    async with app.router.lifespan_context(app):
-        transport = httpx.ASGITransport(app=app)
-        async with httpx.AsyncClient(transport=transport, base_url="http://testserver") as http:
-            yield http
-
-
-# --- the command line -------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class CliResult:
-    returncode: int
-    stdout: str
-    stderr: str
-
-
-def cli_env(**values: str) -> dict[str, str]:
-    """A clean environment (nothing inherited that could configure the service), fast argon2."""
-    env = {
-        "PATH": os.environ.get("PATH", ""),
-        "HOME": os.environ.get("HOME", "/"),
-        "SECRET_KEY": TEST_SECRET,
-    }
-    env |= {name.upper(): str(value) for name, value in FAST_HASHING.items()}
-    return env | values
-
-
-async def run_cli(*args: str, env: dict[str, str], cwd: Path) -> CliResult:
-    """`userapi ARGS` in a subprocess, bounded by a timeout."""
-    process = await asyncio.create_subprocess_exec(
-        str(USERAPI),
-        *args,
-        env=env,
-        cwd=cwd,
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.PIPE,
-    )
-    try:
-        stdout, stderr = await asyncio.wait_for(process.communicate(), CLI_TIMEOUT_SECONDS)
-    except TimeoutError:
-        process.kill()
-        await process.wait()
-        raise
-    assert process.returncode is not None
-    return CliResult(process.returncode, stdout.decode(), stderr.decode())
 
 
 # --- slice folders ----------------------------------------------------------------------

@@ -15,8 +15,8 @@ import jwt
 import pytest
 
 from tests.conftest import make_settings
-from tests.factories import TEST_SECRET, Account, assert_problem
-from tests.kernel.helpers import access_claims, bearer, forge_token, key_id, serving
+from tests.factories import TEST_SECRET, Account, assert_problem, deactivate_self, serving
+from tests.kernel.helpers import access_claims, bearer, forge_token, key_id
 
 ME = "/api/v1/users/me"
 OTHER_SECRET = "another-secret-key-that-is-long-enough-for-hs256-9876543210"
@@ -179,10 +179,7 @@ async def test_refresh_token_used_as_bearer_is_401(
 async def test_token_of_a_deactivated_user_fails_at_once(
     client: httpx.AsyncClient, user: Account
 ) -> None:
-    deactivated = await client.post(
-        f"{ME}/deactivate", json={"current_password": user.password}, headers=user.headers
-    )
-    assert deactivated.status_code == 200, deactivated.text
+    await deactivate_self(client, user)
 
     response = await client.get(ME, headers=user.headers)
 
@@ -199,7 +196,7 @@ async def test_token_signed_with_the_previous_key_still_works_during_rotation(
         database_url, tmp_path, secret_key=OTHER_SECRET, secret_key_previous=TEST_SECRET
     )
 
-    async with serving(rotated) as http:
+    async with serving(rotated) as (_, http):
         response = await http.get(ME, headers=user.headers)
 
     assert response.status_code == 200, response.text
@@ -211,7 +208,7 @@ async def test_token_signed_with_a_removed_key_fails(
 ) -> None:
     rotated = make_settings(database_url, tmp_path, secret_key=OTHER_SECRET)
 
-    async with serving(rotated) as http:
+    async with serving(rotated) as (_, http):
         response = await http.get(ME, headers=user.headers)
 
     assert_problem(response, 401, "invalid_token")
@@ -223,13 +220,14 @@ async def test_tokens_issued_during_rotation_are_signed_with_the_new_key(
     rotating = make_settings(
         database_url, tmp_path, secret_key=OTHER_SECRET, secret_key_previous=TEST_SECRET
     )
-    async with serving(rotating) as http:
+    async with serving(rotating) as (_, http):
         login = await http.post(
             "/api/v1/auth/login", json={"email": user.email, "password": user.password}
         )
     assert login.status_code == 200, login.text
 
-    async with serving(make_settings(database_url, tmp_path, secret_key=OTHER_SECRET)) as http:
+    rotated = make_settings(database_url, tmp_path, secret_key=OTHER_SECRET)
+    async with serving(rotated) as (_, http):
         response = await http.get(ME, headers=bearer(login.json()["access_token"]))
 
     assert response.status_code == 200, response.text

@@ -4,7 +4,6 @@ API.md "Running it": serve | migrate | create-admin (new-feature: see test_disco
 """
 
 import signal
-import socket
 import subprocess
 import time
 from collections.abc import Iterator
@@ -15,9 +14,9 @@ import pytest
 
 from kernel.settings import Settings
 from tests.conftest import make_settings
-from tests.factories import Account, assert_problem, login
+from tests.factories import Account, assert_problem, login, serving
 from tests.kernel.conftest import EmptyDatabase
-from tests.kernel.helpers import USERAPI, CliResult, cli_env, run_cli, serving
+from tests.servers import USERAPI, CliResult, cli_env, free_port, run_cli
 
 ADMIN_PASSWORD = "a long admin passphrase nobody else uses"
 SERVE_START_SECONDS = 20
@@ -52,7 +51,7 @@ async def test_create_admin_makes_an_admin_who_can_list_users(
     )
     assert result.returncode == 0, result.stderr
 
-    async with serving(app_settings(empty_database, tmp_path)) as http:
+    async with serving(app_settings(empty_database, tmp_path)) as (_, http):
         admin = await login(http, Account(id="", email="root@example.com", password=ADMIN_PASSWORD))
         response = await http.get("/api/v1/users", headers=admin.headers)
 
@@ -70,7 +69,7 @@ async def test_create_admin_takes_the_password_from_the_environment(
     )
     assert result.returncode == 0, result.stderr
 
-    async with serving(app_settings(empty_database, tmp_path)) as http:
+    async with serving(app_settings(empty_database, tmp_path)) as (_, http):
         response = await http.post(
             "/api/v1/auth/login", json={"email": "root@example.com", "password": ADMIN_PASSWORD}
         )
@@ -98,7 +97,7 @@ async def test_create_admin_with_a_common_password_creates_nobody(
 
     await create_admin(empty_database, tmp_path, "root@example.com", "--password", "password123")
 
-    async with serving(app_settings(empty_database, tmp_path)) as http:
+    async with serving(app_settings(empty_database, tmp_path)) as (_, http):
         response = await http.post(
             "/api/v1/auth/login", json={"email": "root@example.com", "password": "password123"}
         )
@@ -143,20 +142,13 @@ async def test_migrate_makes_a_fresh_database_ready(
     result = await run_cli("migrate", env=env, cwd=tmp_path)
     assert result.returncode == 0, result.stderr
 
-    async with serving(app_settings(empty_database, tmp_path)) as http:
+    async with serving(app_settings(empty_database, tmp_path)) as (_, http):
         response = await http.get("/ready")
 
     assert response.status_code == 200, response.text
 
 
 # --- serve ------------------------------------------------------------------------------
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port: int = probe.getsockname()[1]
-        return port
 
 
 @pytest.fixture
@@ -167,7 +159,7 @@ def server(tmp_path: Path) -> Iterator[tuple[subprocess.Popen[bytes], str]]:
     del env["SECRET_KEY"]
     log = (tmp_path / "serve.log").open("wb")
     process = subprocess.Popen(
-        [str(USERAPI), "serve", "--port", str(port)],
+        [USERAPI, "serve", "--port", str(port)],
         cwd=tmp_path,
         env=env,
         stdout=log,

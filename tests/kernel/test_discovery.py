@@ -17,19 +17,16 @@ from kernel.app import create_app
 from kernel.settings import Settings
 from kernel.slices import SliceError
 from tests.conftest import make_settings
-from tests.factories import assert_problem, make_user
+from tests.factories import assert_problem, make_user, serving
 from tests.kernel.helpers import (
     FEATURES_DIR,
     REPOSITORY,
-    CliResult,
-    cli_env,
     forget_modules,
     remove_slice_folder,
-    run_cli,
-    serving,
     slice_folder,
     unique_name,
 )
+from tests.servers import CliResult, cli_env, run_cli
 
 ANSWERING_SLICE = '''
 from fastapi import APIRouter
@@ -99,7 +96,7 @@ async def test_a_slice_made_by_new_feature_is_mounted_without_kernel_edits(
         assert result.returncode == 0, result.stderr
         # Only the slice matters here; its test must not linger for other runs to collect.
         (REPOSITORY / "tests" / "features" / f"test_{name}.py").unlink()
-        async with serving(settings) as http:
+        async with serving(settings) as (_, http):
             account = await make_user(http)
             response = await http.get(f"/api/v1/{name.replace('_', '-')}", headers=account.headers)
 
@@ -171,7 +168,7 @@ async def test_a_folder_starting_with_underscore_is_not_mounted(
     path = name.strip("_").replace("_", "-")
 
     with slice_folder(more_features, name, answering_slice(name, path)):
-        async with serving(settings) as http:
+        async with serving(settings) as (_, http):
             response = await http.get(f"/api/v1/{path}")
 
     assert_problem(response, 404, "not_found")
@@ -183,7 +180,7 @@ async def test_an_extra_slice_folder_is_mounted(more_features: Path, settings: S
     path = name.replace("_", "-")
 
     with slice_folder(more_features, name, answering_slice(name, path)):
-        async with serving(settings) as http:
+        async with serving(settings) as (_, http):
             response = await http.get(f"/api/v1/{path}")
 
     assert response.status_code == 200, response.text
@@ -201,7 +198,7 @@ async def test_of_two_slices_on_one_path_the_first_by_name_answers(
         slice_folder(more_features, last, answering_slice(last, path)),
         slice_folder(more_features, first, answering_slice(first, path)),
     ):
-        async with serving(settings) as http:
+        async with serving(settings) as (_, http):
             response = await http.get(f"/api/v1/{path}")
 
     assert response.json() == {"slice": first}
@@ -214,7 +211,7 @@ async def test_slices_are_mounted_sorted_by_name(more_features: Path, settings: 
     with ExitStack() as stack:
         for name in reversed(names):  # created in reverse order on purpose
             stack.enter_context(slice_folder(more_features, name, answering_slice(name, name)))
-        async with serving(settings) as http:
+        async with serving(settings) as (_, http):
             document = (await http.get("/openapi.json")).json()
 
     # Paths are documented in the order their routes were mounted.

@@ -5,7 +5,6 @@ API.md "Representations" (Error), "Limits and behaviour under bad input".
 
 import json
 import logging
-import uuid
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -13,20 +12,10 @@ import httpx
 import pytest
 
 from kernel.middleware import MAX_BODY_BYTES
-from tests.factories import DEFAULT_PASSWORD, assert_problem
+from tests.factories import assert_problem, registration
 
 REGISTER = "/api/v1/auth/register"
 JSON_HEADERS = {"Content-Type": "application/json"}
-
-
-def registration(**changes: Any) -> dict[str, Any]:
-    body = {
-        "email": f"user-{uuid.uuid4().hex[:10]}@example.com",
-        "password": DEFAULT_PASSWORD,
-        "first_name": "Ada",
-        "last_name": "Lovelace",
-    }
-    return body | changes
 
 
 def padded(body: dict[str, Any], size: int) -> bytes:

@@ -1,25 +1,19 @@
 """argon2 runs off the event loop, at most HASH_CONCURRENCY at once; past the wait: 503."""
 
 import asyncio
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
 from pathlib import Path
 
-import httpx
-
-from kernel.app import create_app
+from kernel.settings import Settings
 from tests.conftest import make_settings
-from tests.factories import DEFAULT_PASSWORD, assert_problem, register
+from tests.factories import DEFAULT_PASSWORD, assert_problem, register, serving
 
 # Real cost (64 MiB, t=3) so each hash takes long enough for a queue to form.
 SLOW_HASHING = {"argon2_time_cost": 3, "argon2_memory_kib": 64 * 1024, "argon2_parallelism": 1}
 
 
-@asynccontextmanager
-async def one_slot_client(
-    database_url: str, data_dir: Path, *, wait_seconds: float
-) -> AsyncIterator[httpx.AsyncClient]:
-    settings = make_settings(
+def one_slot(database_url: str, data_dir: Path, *, wait_seconds: float) -> Settings:
+    """One argon2 slot at real cost, and a wait of `wait_seconds` for it."""
+    return make_settings(
         database_url,
         data_dir,
         hash_concurrency=1,
@@ -27,19 +21,12 @@ async def one_slot_client(
         login_max_failures=1000,
         **SLOW_HASHING,
     )
-    application = create_app(settings)
-    transport = httpx.ASGITransport(app=application)
-    async with (
-        application.router.lifespan_context(application),
-        httpx.AsyncClient(transport=transport, base_url="http://testserver") as client,
-    ):
-        yield client
 
 
 async def test_logins_beyond_capacity_get_503_server_busy_with_retry_after(
     database_url: str, tmp_path: Path
 ) -> None:
-    async with one_slot_client(database_url, tmp_path, wait_seconds=0.01) as client:
+    async with serving(one_slot(database_url, tmp_path, wait_seconds=0.01)) as (_, client):
         account = await register(client)
         body = {"email": account.email, "password": DEFAULT_PASSWORD}
         responses = await asyncio.gather(
@@ -56,7 +43,7 @@ async def test_logins_beyond_capacity_get_503_server_busy_with_retry_after(
 
 
 async def test_health_answers_while_hashes_are_running(database_url: str, tmp_path: Path) -> None:
-    async with one_slot_client(database_url, tmp_path, wait_seconds=60) as client:
+    async with serving(one_slot(database_url, tmp_path, wait_seconds=60)) as (_, client):
         account = await register(client)
         body = {"email": account.email, "password": DEFAULT_PASSWORD}
         logins = [

@@ -8,9 +8,8 @@ from fastapi import FastAPI
 from kernel import schema
 from kernel.db import Database
 from tests.conftest import make_settings
-from tests.factories import assert_problem
+from tests.factories import assert_problem, serving
 from tests.kernel.conftest import EmptyDatabase
-from tests.kernel.helpers import serving
 
 
 async def test_health_is_200_ok(client: httpx.AsyncClient) -> None:
@@ -44,7 +43,7 @@ async def test_ready_is_503_when_the_schema_is_behind_the_newest_migration(
 async def test_ready_is_503_on_a_database_never_migrated(
     empty_database: EmptyDatabase, tmp_path: Path
 ) -> None:
-    async with serving(make_settings(empty_database.url, tmp_path)) as http:
+    async with serving(make_settings(empty_database.url, tmp_path)) as (_, http):
         response = await http.get("/ready")
 
     assert_problem(response, 503, "database_unavailable")
@@ -53,7 +52,7 @@ async def test_ready_is_503_on_a_database_never_migrated(
 async def test_health_is_200_even_when_the_database_is_not_ready(
     empty_database: EmptyDatabase, tmp_path: Path
 ) -> None:
-    async with serving(make_settings(empty_database.url, tmp_path)) as http:
+    async with serving(make_settings(empty_database.url, tmp_path)) as (_, http):
         response = await http.get("/health")
 
     assert response.status_code == 200
@@ -64,7 +63,7 @@ async def test_ready_is_503_when_the_database_does_not_answer(tmp_path: Path) ->
     # Port 1 on the loopback: nothing listens there, the connection is refused at once.
     unreachable = "postgresql+asyncpg://postgres@127.0.0.1:1/userapi"
 
-    async with serving(make_settings(unreachable, tmp_path)) as http:
+    async with serving(make_settings(unreachable, tmp_path)) as (_, http):
         response = await http.get("/ready")
 
     assert_problem(response, 503, "database_unavailable")

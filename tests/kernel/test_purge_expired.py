@@ -12,7 +12,7 @@ from sqlmodel import col
 from kernel.db import Database, utc_now
 from kernel.tokens import RefreshToken
 from tests.factories import assert_problem, make_user
-from tests.servers import run_cli
+from tests.servers import run_cli, server_env
 
 
 async def _expire_refresh_tokens_of(app: FastAPI, user_id: str) -> None:
@@ -32,9 +32,10 @@ async def test_purge_deletes_expired_refresh_tokens_and_keeps_live_ones(
     live = await make_user(client)
     await _expire_refresh_tokens_of(app, expired.id)
 
-    output = await asyncio.to_thread(run_cli, database_url, tmp_path, "purge-expired")
+    result = await run_cli("purge-expired", env=server_env(database_url), cwd=tmp_path)
 
-    assert "kernel.tokens: 1 expired rows deleted" in output
+    assert result.returncode == 0, result.stderr
+    assert "kernel.tokens: 1 expired rows deleted" in result.stdout
     gone = await client.post("/api/v1/auth/refresh", json={"refresh_token": expired.refresh_token})
     assert_problem(gone, 401, "invalid_token")
     kept = await client.post("/api/v1/auth/refresh", json={"refresh_token": live.refresh_token})
@@ -48,8 +49,8 @@ async def test_purge_deletes_login_counters_whose_window_has_passed(
     assert (await client.post("/api/v1/auth/login", json=wrong)).status_code == 401
     await asyncio.sleep(1.1)  # let a 1-second window pass (a wait, not a timing assertion)
 
-    output = await asyncio.to_thread(
-        run_cli, database_url, tmp_path, "purge-expired", LOGIN_LOCKOUT_SECONDS="1"
-    )
+    env = server_env(database_url, LOGIN_LOCKOUT_SECONDS="1")
+    result = await run_cli("purge-expired", env=env, cwd=tmp_path)
 
-    assert "features.login.slice: 1 expired rows deleted" in output
+    assert result.returncode == 0, result.stderr
+    assert "features.login.slice: 1 expired rows deleted" in result.stdout

@@ -12,23 +12,22 @@ import uuid
 from collections.abc import AsyncIterator
 from pathlib import Path
 
-import asyncpg
 import httpx
 import pytest
 
-from kernel import schema
-from kernel.app import create_app
-from kernel.db import Database
-from tests.conftest import POSTGRES_ADMIN_DSN, make_settings
-from tests.factories import DEFAULT_PASSWORD, assert_problem, make_user
+from tests.conftest import admin_connection, admin_execute, make_settings, migrate, postgres_url
+from tests.factories import (
+    DEFAULT_PASSWORD,
+    assert_problem,
+    make_user,
+    refresh,
+    registration,
+    serving,
+)
 from tests.servers import running_server
 
 CLIENTS = 6
 REGISTRATIONS_BEFORE_KILL = 40
-
-
-def _registration(email: str) -> dict[str, str]:
-    return {"email": email, "password": DEFAULT_PASSWORD, "first_name": "K", "last_name": "L"}
 
 
 async def _register_until_failure(
@@ -39,7 +38,9 @@ async def _register_until_failure(
         for index in range(10_000):
             email = f"client{client_number}-{index}@example.com"
             try:
-                response = await client.post("/api/v1/auth/register", json=_registration(email))
+                response = await client.post(
+                    "/api/v1/auth/register", json=registration(email=email)
+                )
             except httpx.TransportError:
                 return
             if response.status_code == 201:
@@ -94,7 +95,7 @@ async def test_sigterm_lets_requests_in_flight_finish(database_url: str, tmp_pat
         running_server(database_url, tmp_path, env=slow) as server,
         httpx.AsyncClient(base_url=server.base_url, timeout=60) as client,
     ):
-        registered = await client.post("/api/v1/auth/register", json=_registration(email))
+        registered = await client.post("/api/v1/auth/register", json=registration(email=email))
         assert registered.status_code == 201
         logins = [
             asyncio.create_task(client.post("/api/v1/auth/login", json=body)) for _ in range(6)
@@ -113,10 +114,7 @@ async def test_sigterm_lets_requests_in_flight_finish(database_url: str, tmp_pat
         httpx.AsyncClient(base_url=restarted.base_url, timeout=30) as client,
     ):
         refreshed = [
-            await client.post(
-                "/api/v1/auth/refresh", json={"refresh_token": response.json()["refresh_token"]}
-            )
-            for response in responses
+            await refresh(client, response.json()["refresh_token"]) for response in responses
         ]
     assert [response.status_code for response in refreshed] == [200] * 6
 
@@ -129,50 +127,39 @@ async def outage_database(postgres_database: str) -> AsyncIterator[str]:
     """
     assert postgres_database
     name = f"userapi_outage_{uuid.uuid4().hex[:8]}"
-    admin = await asyncpg.connect(POSTGRES_ADMIN_DSN, timeout=5)
+    await admin_execute(f'CREATE DATABASE "{name}"')
     try:
-        await admin.execute(f'CREATE DATABASE "{name}"')
         yield name
     finally:
-        await admin.execute(f'ALTER DATABASE "{name}" ALLOW_CONNECTIONS true')
-        await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-        await admin.close()
+        await admin_execute(
+            f'ALTER DATABASE "{name}" ALLOW_CONNECTIONS true',
+            f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)',
+        )
 
 
 async def _set_outage(name: str, *, down: bool) -> None:
-    admin = await asyncpg.connect(POSTGRES_ADMIN_DSN, timeout=5)
-    try:
+    async with admin_connection() as admin:
         await admin.execute(f'ALTER DATABASE "{name}" ALLOW_CONNECTIONS {str(not down).lower()}')
         if down:
             await admin.execute(
                 "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = $1", name
             )
-    finally:
-        await admin.close()
 
 
 async def test_postgresql_outage_gives_503_and_recovers_without_restart(
     outage_database: str, tmp_path: Path
 ) -> None:
     # PostgreSQL only: SQLite runs inside the process, there is no server to lose.
-    url = f"{POSTGRES_ADMIN_DSN.rsplit('/', 1)[0]}/{outage_database}"
-    settings = make_settings(url, tmp_path)
-    database = Database(settings)
-    await schema.upgrade(database)
-    await database.dispose()
-    app = create_app(settings)
-    transport = httpx.ASGITransport(app=app)
-    async with (
-        app.router.lifespan_context(app),
-        httpx.AsyncClient(transport=transport, base_url="http://testserver", timeout=15) as client,
-    ):
+    url = postgres_url(outage_database)
+    await migrate(url)
+    async with serving(make_settings(url, tmp_path)) as (_, client):
         account = await make_user(client)
 
         await _set_outage(outage_database, down=True)
         during_me = await client.get("/api/v1/users/me", headers=account.headers)
         during_ready = await client.get("/ready")
         during_register = await client.post(
-            "/api/v1/auth/register", json=_registration("late@example.com")
+            "/api/v1/auth/register", json=registration(email="late@example.com")
         )
         await _set_outage(outage_database, down=False)
         after_me = await client.get("/api/v1/users/me", headers=account.headers)

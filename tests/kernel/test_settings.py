@@ -7,10 +7,10 @@ from pathlib import Path
 
 import pytest
 
-from kernel.settings import SettingsError, load_settings
+from kernel.settings import Settings, SettingsError, load_settings
 from tests.conftest import make_settings
-from tests.factories import TEST_SECRET, assert_problem, make_user
-from tests.kernel.helpers import cli_env, run_cli, serving
+from tests.factories import TEST_SECRET, assert_problem, make_user, serving
+from tests.servers import cli_env, run_cli
 
 STRONG_SECRET = "production-secret-key-of-plenty-of-characters-0123456789"
 
@@ -126,14 +126,19 @@ def test_production_accepts_argon2_at_the_owasp_minimum() -> None:
 # --- the generated development key -------------------------------------------------------
 
 
+def keyless(database_url: str, data_dir: Path) -> Settings:
+    """Settings without SECRET_KEY: the app generates one in data_dir, or reuses it."""
+    return make_settings(database_url, data_dir, secret_key="")
+
+
 async def test_generated_key_is_kept_in_the_data_dir_and_reused(
     database_url: str, tmp_path: Path
 ) -> None:
     data_dir = tmp_path / "data"
-    async with serving(make_settings(database_url, data_dir, secret_key="")) as first:
+    async with serving(keyless(database_url, data_dir)) as (_, first):
         account = await make_user(first)
 
-    async with serving(make_settings(database_url, data_dir, secret_key="")) as second:
+    async with serving(keyless(database_url, data_dir)) as (_, second):
         response = await second.get("/api/v1/users/me", headers=account.headers)
 
     assert response.status_code == 200, response.text
@@ -142,10 +147,10 @@ async def test_generated_key_is_kept_in_the_data_dir_and_reused(
 
 async def test_generated_key_differs_between_data_dirs(database_url: str, tmp_path: Path) -> None:
     # The control for the test above: the key really is generated, not a constant.
-    async with serving(make_settings(database_url, tmp_path / "one", secret_key="")) as first:
+    async with serving(keyless(database_url, tmp_path / "one")) as (_, first):
         account = await make_user(first)
 
-    async with serving(make_settings(database_url, tmp_path / "two", secret_key="")) as second:
+    async with serving(keyless(database_url, tmp_path / "two")) as (_, second):
         response = await second.get("/api/v1/users/me", headers=account.headers)
 
     assert_problem(response, 401, "invalid_token")

@@ -22,8 +22,8 @@ from sqlmodel import col
 from kernel.db import Database
 from kernel.settings import Settings
 from kernel.users import User
-from tests.factories import Account, assert_problem, make_user
-from tests.kernel.helpers import FEATURES_DIR, serving, slice_folder, unique_name
+from tests.factories import Account, assert_problem, make_user, registration, serving
+from tests.kernel.helpers import FEATURES_DIR, slice_folder, unique_name
 
 PROBE_SLICE = '''
 """Probe for tests/kernel/test_transactions.py: writes whose foreign key is checked at commit."""
@@ -114,7 +114,7 @@ async def probe(settings: Settings) -> AsyncIterator[Probe]:
     source = PROBE_SLICE.format(path=name.replace("_", "-"), table=table)
     try:
         with slice_folder(FEATURES_DIR, name, source):
-            async with serving(settings) as http:
+            async with serving(settings) as (_, http):
                 yield Probe(
                     path=f"/api/v1/{name.replace('_', '-')}",
                     table=table,
@@ -143,11 +143,7 @@ async def test_a_write_that_commits_is_persisted(probe: Probe) -> None:
     email = new_email()
     await probe.post(email, dangling=False)
 
-    again = await probe.http.post(
-        "/api/v1/auth/register",
-        json={"email": email, "password": "correct horse battery staple"}
-        | {"first_name": "Ada", "last_name": "Lovelace"},
-    )
+    again = await probe.http.post("/api/v1/auth/register", json=registration(email=email))
 
     assert_problem(again, 409, "email_taken")
     assert await probe.rows() == 1
@@ -174,11 +170,7 @@ async def test_after_a_failed_commit_the_next_write_succeeds(probe: Probe) -> No
     email = new_email()
     await probe.post(email, dangling=True)
 
-    response = await probe.http.post(
-        "/api/v1/auth/register",
-        json={"email": email, "password": "correct horse battery staple"}
-        | {"first_name": "Ada", "last_name": "Lovelace"},
-    )
+    response = await probe.http.post("/api/v1/auth/register", json=registration(email=email))
 
     assert response.status_code == 201, response.text  # and the email was still free
 

@@ -9,8 +9,8 @@ from pathlib import Path
 
 import httpx
 
-from tests.factories import DEFAULT_PASSWORD, assert_problem
-from tests.servers import Server, run_cli, running_server
+from tests.factories import DEFAULT_PASSWORD, assert_problem, registration
+from tests.servers import Server, run_cli, running_server, server_env
 
 ADMIN_PASSWORD = "administrator passphrase 2026"
 
@@ -27,8 +27,9 @@ async def _login(
 
 
 async def _register(client: httpx.AsyncClient, server: Server, email: str) -> str:
-    body = {"email": email, "password": DEFAULT_PASSWORD, "first_name": "A", "last_name": "B"}
-    response = await client.post(f"{server.base_url}/api/v1/auth/register", json=body)
+    response = await client.post(
+        f"{server.base_url}/api/v1/auth/register", json=registration(email=email)
+    )
     assert response.status_code == 201, response.text
     user_id: str = response.json()["id"]
     return user_id
@@ -37,15 +38,16 @@ async def _register(client: httpx.AsyncClient, server: Server, email: str) -> st
 async def test_deactivation_on_one_server_revokes_tokens_on_the_other(
     database_url: str, tmp_path: Path
 ) -> None:
-    run_cli(
-        database_url,
-        tmp_path,
+    created = await run_cli(
         "create-admin",
         "--email",
         "root@example.com",
         "--password",
         ADMIN_PASSWORD,
+        env=server_env(database_url),
+        cwd=tmp_path,
     )
+    assert created.returncode == 0, created.stderr
     async with (
         running_server(database_url, tmp_path) as first,
         running_server(database_url, tmp_path) as second,
