@@ -1,0 +1,68 @@
+"""An unexpected exception is a bare 500 problem: nothing leaks, the log has the request id.
+
+A throwaway slice (written into features/ for the test, removed afterwards) raises an
+error whose message holds a pretend secret and SQL; the client must see neither, and
+the server's log line for that request must carry its X-Request-ID.
+"""
+
+import logging
+from collections.abc import AsyncIterator
+
+import httpx
+import pytest
+
+from kernel.settings import Settings
+from tests.factories import assert_problem, make_user, serving
+from tests.kernel.helpers import FEATURES_DIR, slice_folder, unique_name
+
+SECRET = "SECRET_KEY=hunter2-very-secret"
+FAILING_SLICE = f'''  # noqa: S608 (SQL-looking text is the point: it must not leak)
+"""Probe for tests/kernel/test_unexpected_errors.py: always fails."""
+
+from fastapi import APIRouter
+
+from kernel.security import CurrentUser
+
+router = APIRouter()
+
+
+@router.get("/{{path}}")
+async def explode(_: CurrentUser) -> None:
+    """Fail like a bug would."""
+    raise RuntimeError("SELECT password_hash FROM users; {SECRET}")
+'''
+
+
+@pytest.fixture
+async def failing_client(settings: Settings) -> AsyncIterator[tuple[httpx.AsyncClient, str]]:
+    name = unique_name("kernel_failing_probe")
+    path = name.replace("_", "-")
+    with slice_folder(FEATURES_DIR, name, FAILING_SLICE.replace("{path}", path)):
+        async with serving(settings) as (_, client):
+            client.headers.update((await make_user(client)).headers)
+            yield client, f"/api/v1/{path}"
+
+
+async def test_an_unexpected_error_is_a_500_problem_that_reveals_nothing(
+    failing_client: tuple[httpx.AsyncClient, str],
+) -> None:
+    client, path = failing_client
+
+    response = await client.get(path)
+
+    assert_problem(response, 500, "internal_error")
+    for leak in ("hunter2", "SECRET_KEY", "SELECT", "password_hash", "Traceback", "RuntimeError"):
+        assert leak not in response.text
+
+
+async def test_an_unexpected_error_is_logged_with_the_request_id(
+    failing_client: tuple[httpx.AsyncClient, str], caplog: pytest.LogCaptureFixture
+) -> None:
+    client, path = failing_client
+    caplog.set_level(logging.ERROR, logger="userapi")
+
+    response = await client.get(path, headers={"X-Request-ID": "bug-report-1234"})
+
+    assert response.headers["x-request-id"] == "bug-report-1234"
+    errors = [record for record in caplog.records if record.levelno >= logging.ERROR]
+    assert any("request_id=bug-report-1234" in record.getMessage() for record in errors)
