@@ -16,7 +16,7 @@ from tests.factories import assert_problem, make_user, serving
 from tests.kernel.helpers import FEATURES_DIR, slice_folder, unique_name
 
 SECRET = "SECRET_KEY=hunter2-very-secret"
-FAILING_SLICE = f'''  # noqa: S608 (SQL-looking text is the point: it must not leak)
+FAILING_SLICE = '''
 """Probe for tests/kernel/test_unexpected_errors.py: always fails."""
 
 from fastapi import APIRouter
@@ -26,10 +26,10 @@ from kernel.security import CurrentUser
 router = APIRouter()
 
 
-@router.get("/{{path}}")
+@router.get("/{path}")
 async def explode(_: CurrentUser) -> None:
     """Fail like a bug would."""
-    raise RuntimeError("SELECT password_hash FROM users; {SECRET}")
+    raise RuntimeError("SELECT password_hash FROM users; {secret}")
 '''
 
 
@@ -37,7 +37,9 @@ async def explode(_: CurrentUser) -> None:
 async def failing_client(settings: Settings) -> AsyncIterator[tuple[httpx.AsyncClient, str]]:
     name = unique_name("kernel_failing_probe")
     path = name.replace("_", "-")
-    with slice_folder(FEATURES_DIR, name, FAILING_SLICE.replace("{path}", path)):
+    with slice_folder(
+        FEATURES_DIR, name, FAILING_SLICE.replace("{path}", path).replace("{secret}", SECRET)
+    ):
         async with serving(settings) as (_, client):
             client.headers.update((await make_user(client)).headers)
             yield client, f"/api/v1/{path}"
