@@ -12,7 +12,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from kernel.db import SessionDep
 from kernel.errors import UserNotFound, problem_responses
 from kernel.security import CurrentUser
-from kernel.users import PrivateUser, PublicUser, User, etag
+from kernel.users import PrivateUser, PublicUser, User, private_view
 
 router = APIRouter(tags=["users"])
 
@@ -29,8 +29,7 @@ async def get_user(session: AsyncSession, viewer: User, user_id: uuid.UUID) -> U
 @router.get("/users/me")
 async def get_me_route(user: CurrentUser, response: Response) -> PrivateUser:
     """Read your own account."""
-    response.headers["ETag"] = etag(user)
-    return PrivateUser.of(user)
+    return private_view(user, response)
 
 
 @router.get("/users/{user_id}", responses=problem_responses(UserNotFound))
@@ -40,6 +39,5 @@ async def get_user_route(
     """Read a user: the private view for yourself and admins, the public view otherwise."""
     user = await get_user(session, viewer, user_id)
     if viewer.is_superuser or user.id == viewer.id:
-        response.headers["ETag"] = etag(user)
-        return PrivateUser.of(user)
+        return private_view(user, response)
     return PublicUser.of(user)

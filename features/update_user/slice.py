@@ -37,7 +37,7 @@ from kernel.fields import (
 from kernel.passwords import PasswordHashing
 from kernel.security import CurrentUser, PasswordsDep, SettingsDep
 from kernel.settings import Settings
-from kernel.users import PrivateUser, User, ensure_not_last_admin, etag
+from kernel.users import PrivateUser, User, ensure_not_last_admin, etag, private_view
 
 router = APIRouter(tags=["users"])
 ADMIN_ONLY = frozenset({"is_active", "is_superuser"})
@@ -146,8 +146,7 @@ async def update_me_route(
     user = await update_user(
         session, passwords, settings, actor=actor, target=actor, update=update, if_match=if_match
     )
-    response.headers["ETag"] = etag(user)
-    return PrivateUser.of(user)
+    return private_view(user, response)
 
 
 @router.patch("/users/{user_id}", responses=ERRORS)
@@ -170,5 +169,4 @@ async def update_user_route(
     user = await update_user(
         session, passwords, settings, actor=actor, target=target, update=update, if_match=if_match
     )
-    response.headers["ETag"] = etag(user)
-    return PrivateUser.of(user)
+    return private_view(user, response)

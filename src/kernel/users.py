@@ -5,6 +5,7 @@ import uuid
 from datetime import datetime
 from typing import Annotated, Any, Self
 
+from fastapi import Response
 from pydantic import BaseModel, PlainSerializer, WithJsonSchema
 from sqlalchemy import Index, event, func, select
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -101,6 +102,12 @@ def _fields(user: User, model: type[BaseModel]) -> dict[str, Any]:
 def etag(user: User) -> str:
     digest = hashlib.sha256(f"{user.id}:{user.version}".encode()).hexdigest()[:24]
     return f'"{digest}"'
+
+
+def private_view(user: User, response: Response) -> PrivateUser:
+    """The private view, with the ETag that a later If-Match can send back."""
+    response.headers["ETag"] = etag(user)
+    return PrivateUser.of(user)
 
 
 async def ensure_not_last_admin(session: AsyncSession, user: User) -> None:
