@@ -6,13 +6,16 @@ from contextlib import asynccontextmanager
 from typing import Any
 
 from fastapi import Depends, FastAPI, Request
-from fastapi.middleware.cors import CORSMiddleware
 from pydantic import BaseModel
 from sqlalchemy import text
 
 from kernel.db import Database
 from kernel.errors import DatabaseUnavailable, install_error_handlers, problem_responses
-from kernel.middleware import RequestContextMiddleware
+from kernel.middleware import (
+    BodyGuardMiddleware,
+    ProblemCORSMiddleware,
+    RequestContextMiddleware,
+)
 from kernel.openapi import install_openapi
 from kernel.passwords import PasswordHashing
 from kernel.schema import current_revision, head_revision
@@ -63,15 +66,20 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.passwords = passwords
     app.state.access_tokens = AccessTokens(settings)
 
+    # Each add_middleware wraps the ones before it: the body guard is innermost, so its
+    # early 413/422/500 answers still get CORS headers; the request id is outermost, so
+    # every response, CORS preflights included, gets an id and an access-log line.
+    app.add_middleware(BodyGuardMiddleware)
     if settings.cors_origins:
         app.add_middleware(
-            CORSMiddleware,
+            ProblemCORSMiddleware,
             allow_origins=settings.cors_origins,
             allow_methods=["GET", "POST", "PATCH", "OPTIONS"],
             allow_headers=["Authorization", "Content-Type", "If-Match", "X-Request-ID"],
-            expose_headers=["ETag", "Location", "Retry-After", "X-Request-ID"],
+            # WWW-Authenticate: every 401 carries it, and browser code may only read
+            # the response headers listed here.
+            expose_headers=["ETag", "Location", "Retry-After", "WWW-Authenticate", "X-Request-ID"],
         )
-    # Added last, so it is outermost: every response, CORS preflights included, gets an id.
     app.add_middleware(RequestContextMiddleware)
     install_error_handlers(app)
 

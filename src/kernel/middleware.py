@@ -1,4 +1,13 @@
-"""One ASGI middleware for what every request needs: an id, a size cap, an access log, a net."""
+"""The ASGI middleware every request passes, outermost first.
+
+RequestContextMiddleware: X-Request-ID, the access log line, the last-resort 500.
+ProblemCORSMiddleware (when CORS_ORIGINS is set): Starlette's CORS, refusals as problem+json.
+BodyGuardMiddleware: the 64 KiB body cap, strict JSON checks, and the 500 for a route's bug.
+
+The early answers (413, 422, 500) are built innermost so that they still pass through CORS
+on their way out: a browser shows a response without Access-Control-Allow-Origin to its
+script as a network error, never as the problem+json we sent.
+"""
 
 import json
 import logging
@@ -7,15 +16,158 @@ import time
 import uuid
 from typing import Any
 
+from fastapi.middleware.cors import CORSMiddleware
 from starlette.datastructures import Headers
+from starlette.responses import Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from kernel.errors import ValidationIssue, problem_response, validation_problem
-from kernel.transport import is_json
+from kernel.transport import is_json, media_type
 
 MAX_BODY_BYTES = 64 * 1024
-_CLIENT_REQUEST_ID = re.compile(r"^[A-Za-z0-9._:/+=-]{1,128}$")
+MAX_REQUEST_ID_LENGTH = 200
+# API.md: a sent id is echoed. Printable ASCII is safe in a header and on one log line.
+_PRINTABLE_ASCII = re.compile(r"[\x20-\x7e]+")
+# An id with a space, quote or backslash is logged quoted, so it cannot pose as other fields.
+_BARE_LOG_VALUE = re.compile(r"[!#-\[\]-~]+")
+# Bytes a log line must not carry raw: controls (newlines forge lines), space, non-ASCII.
+_UNSAFE_PATH_BYTE = re.compile(rb"[^\x21-\x7e]")
 log = logging.getLogger("userapi.access")
+
+
+def request_id_for(headers: Headers) -> str:
+    """The client's X-Request-ID when it is 1-200 printable ASCII characters, else a new one."""
+    # Whitespace around a field value is not part of it (RFC 9110 5.5), and a response
+    # header may not start or end with it.
+    sent = headers.get("x-request-id", "").strip()
+    if len(sent) <= MAX_REQUEST_ID_LENGTH and _PRINTABLE_ASCII.fullmatch(sent):
+        return sent
+    return uuid.uuid4().hex
+
+
+def log_value(value: str) -> str:
+    return value if _BARE_LOG_VALUE.fullmatch(value) else json.dumps(value)
+
+
+def log_path(scope: Scope) -> str:
+    """The path as the client sent it, still percent-encoded, with no byte that breaks a line.
+
+    scope["path"] is decoded: "%0A" there is a newline that would forge a log line.
+    """
+    raw = scope.get("raw_path") or scope["path"].encode("utf-8", "surrogateescape")
+    return _UNSAFE_PATH_BYTE.sub(lambda byte: b"%%%02X" % byte[0][0], raw).decode("latin-1")
+
+
+def _request_id(scope: Scope) -> str:
+    request_id: str = scope.get("state", {}).get("request_id", "-")
+    return request_id
+
+
+async def _internal_error(scope: Scope, receive: Receive, send: Send) -> None:
+    """Log the exception being handled with the request id; answer a 500 that reveals nothing."""
+    log.exception("unhandled error request_id=%s", log_value(_request_id(scope)))
+    detail = "The server could not complete the request."
+    await problem_response(500, "internal_error", detail)(scope, receive, send)
+
+
+class RequestContextMiddleware:
+    """Outermost: every response, CORS preflights and early refusals included, gets an id
+    and one access-log line."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        started = time.perf_counter()
+        request_id = request_id_for(Headers(scope=scope))
+        scope.setdefault("state", {})["request_id"] = request_id
+        status = 500
+        response_started = False
+
+        async def send_with_id(message: Message) -> None:
+            nonlocal status, response_started
+            if message["type"] == "http.response.start":
+                status = message["status"]
+                response_started = True
+                id_header = (b"x-request-id", request_id.encode("ascii"))
+                message["headers"] = [*message.get("headers", []), id_header]
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_with_id)
+        except Exception:
+            # The last net, for a failure outside BodyGuardMiddleware (in CORS, say).
+            if not response_started:
+                await _internal_error(scope, receive, send_with_id)
+            else:
+                log.exception("unhandled error request_id=%s", log_value(request_id))
+        finally:
+            log.info(
+                "%s %s %s %.1fms request_id=%s",
+                scope["method"],
+                log_path(scope),
+                status,
+                (time.perf_counter() - started) * 1000,
+                log_value(request_id),
+            )
+
+
+class ProblemCORSMiddleware(CORSMiddleware):
+    """Starlette's CORS, except that a refused preflight is problem+json like every error."""
+
+    def preflight_response(self, request_headers: Headers) -> Response:
+        response = super().preflight_response(request_headers)
+        if response.status_code < 400:
+            return response
+        # Starlette's text names what was refused: "Disallowed CORS origin, headers".
+        refused = bytes(response.body).decode().removeprefix("Disallowed CORS ")
+        headers = {
+            name: value
+            for name, value in response.headers.items()
+            if name not in ("content-length", "content-type")
+        }
+        detail = f"This cross-origin request is not allowed ({refused})."
+        return problem_response(response.status_code, "cors_rejected", detail, headers=headers)
+
+
+class BodyGuardMiddleware:
+    """Innermost: refuse an oversized or ambiguous body before any route parses it, and
+    turn a route's unexpected exception into a 500 that still passes through CORS."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        response_started = False
+
+        async def tracking_send(message: Message) -> None:
+            nonlocal response_started
+            response_started = response_started or message["type"] == "http.response.start"
+            await send(message)
+
+        try:
+            headers = Headers(scope=scope)
+            body, too_large = await _read_body(receive, headers)
+            if too_large:
+                detail = f"The body exceeds {MAX_BODY_BYTES} bytes."
+                await problem_response(413, "payload_too_large", detail)(scope, receive, send)
+                return
+            reason = _json_problem(body) if body and is_json(media_type(headers)) else None
+            if reason:
+                issue = ValidationIssue(loc=["body"], msg=reason, type="json_invalid")
+                await validation_problem([issue])(scope, receive, send)
+                return
+            await self.app(scope, _replay(body, receive), tracking_send)
+        except Exception:
+            if response_started:
+                raise  # too late for a 500: the outer net logs it and the server aborts
+            await _internal_error(scope, receive, send)
 
 
 class _DuplicateKey(ValueError):
@@ -43,63 +195,6 @@ def _json_problem(body: bytes) -> str | None:
     except ValueError:
         return None  # plain syntax errors: FastAPI reports them with their position
     return None
-
-
-class RequestContextMiddleware:
-    def __init__(self, app: ASGIApp) -> None:
-        self.app = app
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
-        started = time.perf_counter()
-        headers = Headers(scope=scope)
-        sent_id = headers.get("x-request-id", "")
-        request_id = sent_id if _CLIENT_REQUEST_ID.match(sent_id) else uuid.uuid4().hex
-        scope.setdefault("state", {})["request_id"] = request_id
-        status = 500
-        response_started = False
-
-        async def send_with_id(message: Message) -> None:
-            nonlocal status, response_started
-            if message["type"] == "http.response.start":
-                status = message["status"]
-                response_started = True
-                message.setdefault("headers", [])
-                message["headers"] = [*message["headers"], (b"x-request-id", request_id.encode())]
-            await send(message)
-
-        try:
-            body, too_large = await _read_body(receive, headers)
-            if too_large:
-                await problem_response(
-                    413, "payload_too_large", f"The body exceeds {MAX_BODY_BYTES} bytes."
-                )(scope, receive, send_with_id)
-                return
-            media = headers.get("content-type", "").split(";", 1)[0].strip().lower()
-            reason = _json_problem(body) if body and is_json(media) else None
-            if reason:
-                issue = ValidationIssue(loc=["body"], msg=reason, type="json_invalid")
-                await validation_problem([issue])(scope, receive, send_with_id)
-                return
-            await self.app(scope, _replay(body, receive), send_with_id)
-        except Exception:
-            # The last net: log with the request id, answer a bare 500 that reveals nothing.
-            log.exception("unhandled error request_id=%s", request_id)
-            if not response_started:
-                await problem_response(
-                    500, "internal_error", "The server could not complete the request."
-                )(scope, receive, send_with_id)
-        finally:
-            log.info(
-                "%s %s %s %.1fms request_id=%s",
-                scope["method"],
-                scope["path"],
-                status,
-                (time.perf_counter() - started) * 1000,
-                request_id,
-            )
 
 
 async def _read_body(receive: Receive, headers: Headers) -> tuple[bytes, bool]:

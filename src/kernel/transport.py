@@ -2,14 +2,22 @@
 
 from fastapi import Request
 from fastapi.routing import APIRoute
+from starlette.datastructures import Headers
+from starlette.requests import HTTPConnection
 
 from kernel.errors import UnsupportedMediaType
 
 JSON_MEDIA_TYPE = "application/json"
 
 
-def media_type(request: Request) -> str:
-    return request.headers.get("content-type", "").split(";", 1)[0].strip().lower()
+def media_type(source: HTTPConnection | Headers | str) -> str:
+    """The bare media type ("application/json"), parameters dropped, of a request,
+    its headers (the ASGI middleware has no Request) or a Content-Type value."""
+    if isinstance(source, HTTPConnection):
+        source = source.headers
+    if isinstance(source, Headers):
+        source = source.get("content-type", "")
+    return source.split(";", 1)[0].strip().lower()
 
 
 def is_json(media: str) -> bool:

@@ -74,6 +74,15 @@ async def test_a_sent_request_id_is_echoed(
     assert response.headers["x-request-id"] == "client-id-42"
 
 
+@pytest.mark.parametrize("sent", ["abc def", "quote\"'<script>", "x" * 200, "a"])
+async def test_any_request_id_of_1_to_200_printable_ascii_characters_is_echoed(
+    client: httpx.AsyncClient, sent: str
+) -> None:
+    response = await client.get("/health", headers={"X-Request-ID": sent})
+
+    assert response.headers["x-request-id"] == sent
+
+
 async def test_a_request_id_is_generated_when_none_is_sent(client: httpx.AsyncClient) -> None:
     first = await client.get("/health")
     second = await client.get("/health")
@@ -83,14 +92,18 @@ async def test_a_request_id_is_generated_when_none_is_sent(client: httpx.AsyncCl
     assert first.headers["x-request-id"] != second.headers["x-request-id"]
 
 
-@pytest.mark.parametrize("sent", ["has spaces in it", "x" * 200, "quote\"'<script>"])
-async def test_an_invalid_request_id_is_replaced_by_a_generated_one(
-    client: httpx.AsyncClient, sent: str
+@pytest.mark.parametrize(
+    "sent",
+    [b"", b"x" * 201, "café".encode(), b"tab\there", b"bell\x07"],
+    ids=["empty", "too_long", "non_ascii", "tab", "control"],
+)
+async def test_an_unusable_request_id_is_replaced_by_a_generated_one(
+    client: httpx.AsyncClient, sent: bytes
 ) -> None:
-    response = await client.get("/health", headers={"X-Request-ID": sent})
+    response = await client.get("/health", headers={b"X-Request-ID": sent})
 
     assert response.headers["x-request-id"]
-    assert response.headers["x-request-id"] != sent
+    assert response.headers["x-request-id"].encode() != sent
 
 
 async def test_the_request_id_appears_in_the_access_log(
@@ -101,6 +114,40 @@ async def test_the_request_id_appears_in_the_access_log(
     await client.get("/health", headers={"X-Request-ID": "traced-request-7"})
 
     assert any("request_id=traced-request-7" in record.getMessage() for record in caplog.records)
+
+
+async def test_a_request_id_with_spaces_is_logged_quoted_as_one_field(
+    client: httpx.AsyncClient, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, logger="userapi.access")
+
+    await client.get("/health", headers={"X-Request-ID": 'abc def status=200 "x'})
+
+    assert any(
+        record.getMessage().endswith('request_id="abc def status=200 \\"x"')
+        for record in caplog.records
+    )
+
+
+async def test_a_newline_in_the_url_cannot_forge_an_access_log_line(
+    client: httpx.AsyncClient, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, logger="userapi.access")
+
+    await client.get(
+        "/api/v1/nothing%0A2026-01-01%20INFO%20GET%20/admin%20200",
+        headers={"X-Request-ID": "log-injection-1"},
+    )
+
+    lines = [
+        record.getMessage()
+        for record in caplog.records
+        if record.name == "userapi.access" and "log-injection-1" in record.getMessage()
+    ]
+    assert len(lines) == 1
+    assert "\n" not in lines[0]
+    assert "\r" not in lines[0]
+    assert "/api/v1/nothing%0A2026" in lines[0]  # the path as sent, still encoded
 
 
 async def test_an_oversized_body_still_gets_a_request_id(client: httpx.AsyncClient) -> None:
