@@ -16,7 +16,7 @@ from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Query
 from pydantic import BaseModel, Field
-from sqlalchemy import ColumnElement, Uuid, func, literal, or_, select, tuple_
+from sqlalchemy import ColumnElement, Uuid, func, literal, select, tuple_
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.sql import Select
 from sqlmodel import col
@@ -108,15 +108,9 @@ def _escape_like(text: str) -> str:
 
 def _filtered(query: Select[Any], q: str | None, is_active: bool | None) -> Select[Any]:
     if q:
-        pattern = f"%{_escape_like(q.lower())}%"
-        query = query.where(
-            or_(
-                *(
-                    func.lower(column).like(pattern, escape="\\")
-                    for column in (User.email, User.first_name, User.last_name)
-                )
-            )
-        )
+        # search_key holds email and names case-folded by the kernel; fold q the same way.
+        pattern = f"%{_escape_like(q.casefold())}%"
+        query = query.where(col(User.search_key).like(pattern, escape="\\"))
     if is_active is not None:
         query = query.where(col(User.is_active) == is_active)
     return query

@@ -22,6 +22,7 @@ from kernel.tokens import (
     TokenPair,
     hash_refresh_token,
     issue_token_pair,
+    lock_family,
     revoke_family,
 )
 from kernel.users import User
@@ -33,16 +34,34 @@ class RefreshRequest(StrictInput):
     refresh_token: RefreshTokenValue
 
 
+class ReusedRefreshToken(InvalidToken):
+    """A spent token presented again: it was copied. The family's revocation is kept."""
+
+    keeps_changes = True
+
+
 async def refresh(
-    session: AsyncSession, access_tokens: AccessTokens, settings: Settings, token: str
+    session: AsyncSession, *, access_tokens: AccessTokens, settings: Settings, token: str
 ) -> TokenPair:
-    token_hash = hash_refresh_token(token)
+    presented = await session.scalar(
+        select(RefreshToken).where(col(RefreshToken.token_hash) == hash_refresh_token(token))
+    )
+    if presented is None:
+        raise InvalidToken()
+    # One login's tokens are refreshed, reused or revoked one request at a time; then
+    # re-read the token, as a refresh that held the lock before us may have spent it.
+    await lock_family(session, presented.family_id)
+    await session.refresh(presented)
+    if presented.spent_at is not None:
+        await revoke_family(session, presented.family_id)
+        raise ReusedRefreshToken()
     now = utc_now()
-    # Spend it atomically: of two concurrent refreshes of one token, one UPDATE matches.
+    # Spend it with a conditional UPDATE: even without the lock, of two concurrent
+    # refreshes of one token only one can match.
     spent = await session.scalar(
         update(RefreshToken)
         .where(
-            col(RefreshToken.token_hash) == token_hash,
+            col(RefreshToken.id) == presented.id,
             col(RefreshToken.spent_at).is_(None),
             col(RefreshToken.revoked_at).is_(None),
             col(RefreshToken.expires_at) > now,
@@ -51,14 +70,7 @@ async def refresh(
         .returning(RefreshToken)
     )
     if spent is None:
-        known = await session.scalar(
-            select(RefreshToken).where(col(RefreshToken.token_hash) == token_hash)
-        )
-        if known is not None and known.spent_at is not None:
-            await revoke_family(session, known.family_id)
-            # The revocation must stand although this request fails.
-            await session.commit()
-        raise InvalidToken()
+        raise InvalidToken()  # expired or revoked
     user = await session.get(User, spent.user_id)
     if user is None or not user.is_active or user.token_version != spent.token_version:
         raise InvalidToken()
@@ -81,4 +93,6 @@ async def refresh_route(
 ) -> TokenPair:
     """Exchange a refresh token for a new token pair; the presented token is spent."""
     response.headers.update(NO_STORE_HEADERS)
-    return await refresh(session, access_tokens, settings, body.refresh_token)
+    return await refresh(
+        session, access_tokens=access_tokens, settings=settings, token=body.refresh_token
+    )

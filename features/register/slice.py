@@ -4,6 +4,7 @@ from fastapi import APIRouter, Response
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from kernel.credentials import hash_new_password
 from kernel.db import SessionDep
 from kernel.errors import EmailTaken, ServerBusy, problem_responses
 from kernel.fields import AvatarUrl, Bio, Email, Name, Password, StrictInput, check_new_password
@@ -26,13 +27,13 @@ class Registration(StrictInput):
 
 
 async def register(
-    session: AsyncSession, passwords: PasswordHashing, settings: Settings, form: Registration
+    session: AsyncSession, *, passwords: PasswordHashing, settings: Settings, form: Registration
 ) -> User:
     check_new_password(
         form.password, email=form.email, min_length=settings.password_min_length, field="password"
     )
     # Hash before touching the database: no lock or connection is held during argon2.
-    password_hash = await passwords.hash(form.password)
+    password_hash = await hash_new_password(session, passwords, form.password)
     user = User(
         **form.model_dump(exclude={"password"}),
         password_hash=password_hash,
@@ -59,6 +60,6 @@ async def register_route(
     settings: SettingsDep,
 ) -> PrivateUser:
     """Register a new account."""
-    user = await register(session, passwords, settings, form)
+    user = await register(session, passwords=passwords, settings=settings, form=form)
     response.headers["Location"] = f"{API_PREFIX}/users/{user.id}"
     return PrivateUser.of(user)

@@ -1,8 +1,9 @@
 """PATCH /api/v1/users/me and PATCH /api/v1/users/{user_id}: partial update (API.md).
 
-Self-service changes of email or password need the current password; admins may edit
-anyone and set `is_active` / `is_superuser`. `If-Match` makes the update conditional,
-and the row's version column makes even unconditional concurrent updates safe.
+Self-service changes of email or password (and an admin deactivating themself) need the
+current password, throttled like logins; admins may edit anyone and set `is_active` /
+`is_superuser`. The slow part (argon2) runs first, outside any transaction; then the
+row is locked, `If-Match` is checked against it, and the change is applied.
 """
 
 import uuid
@@ -13,6 +14,7 @@ from pydantic import Field
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from kernel.credentials import hash_new_password, require_current_password
 from kernel.db import SessionDep
 from kernel.errors import (
     EmailTaken,
@@ -21,6 +23,7 @@ from kernel.errors import (
     LastAdmin,
     PreconditionFailed,
     ServerBusy,
+    TooManyAttempts,
     UserNotFound,
     problem_responses,
 )
@@ -37,7 +40,14 @@ from kernel.fields import (
 from kernel.passwords import PasswordHashing
 from kernel.security import CurrentUser, PasswordsDep, SettingsDep
 from kernel.settings import Settings
-from kernel.users import PrivateUser, User, ensure_not_last_admin, etag, private_view
+from kernel.users import (
+    PrivateUser,
+    User,
+    ensure_not_last_admin,
+    etag,
+    lock_user,
+    private_view,
+)
 
 router = APIRouter(tags=["users"])
 ADMIN_ONLY = frozenset({"is_active", "is_superuser"})
@@ -65,35 +75,41 @@ class UserUpdate(StrictInput):
     is_superuser: bool = _omittable()
 
 
-def _matches(if_match: str, current: str) -> bool:
-    tags = {tag.strip().removeprefix("W/") for tag in if_match.split(",")}
-    return "*" in tags or current in tags
+def _check_precondition(if_match: str | None, user: User) -> None:
+    """If-Match uses strong comparison (RFC 9110): a weak tag never matches."""
+    if if_match is None:
+        return
+    tags = {tag.strip() for tag in if_match.split(",")}
+    if "*" not in tags and etag(user) not in tags:
+        raise PreconditionFailed()
+
+
+def _needs_current_password(fields: set[str], update: UserUpdate) -> bool:
+    return bool(fields & NEEDS_CURRENT_PASSWORD) or update.is_active is False
 
 
 async def update_user(
     session: AsyncSession,
+    *,
     passwords: PasswordHashing,
     settings: Settings,
-    *,
     actor: User,
     target: User,
     update: UserUpdate,
     if_match: str | None,
 ) -> User:
-    if if_match is not None and not _matches(if_match, etag(target)):
-        raise PreconditionFailed()
+    _check_precondition(if_match, target)  # early, before any argon2 work
     fields = update.model_fields_set - {"current_password"}
     if fields & ADMIN_ONLY and not actor.is_superuser:
         raise Forbidden("Only administrators may change is_active or is_superuser.")
-    if (
-        actor.id == target.id
-        and fields & NEEDS_CURRENT_PASSWORD
-        and not (
-            update.current_password
-            and await passwords.verify(target.password_hash, update.current_password)
+    if actor.id == target.id and _needs_current_password(fields, update):
+        await require_current_password(
+            session,
+            passwords=passwords,
+            settings=settings,
+            user=target,
+            password=update.current_password,
         )
-    ):
-        raise InvalidCurrentPassword()
     changes: dict[str, Any] = {name: getattr(update, name) for name in fields - {"password"}}
     if "password" in fields:
         check_new_password(
@@ -102,13 +118,20 @@ async def update_user(
             min_length=settings.password_min_length,
             field="password",
         )
-        changes["password_hash"] = await passwords.hash(update.password)
+        changes["password_hash"] = await hash_new_password(session, passwords, update.password)
+    await lock_user(session, target)
+    _check_precondition(if_match, target)  # authoritative: the row cannot change now
     changes = {name: value for name, value in changes.items() if getattr(target, name) != value}
     if not changes:
         return target
     if changes.get("is_superuser") is False or changes.get("is_active") is False:
         await ensure_not_last_admin(session, target)
-    if "password_hash" in changes or changes.get("is_active") is False:
+    activation = changes.pop("is_active", None)
+    if activation is False:
+        target.deactivate()
+    elif activation is True:
+        target.is_active = True  # tokens revoked by the deactivation stay revoked
+    if "password_hash" in changes:
         target.revoke_tokens()
     for name, value in changes.items():
         setattr(target, name, value)
@@ -123,6 +146,7 @@ async def update_user(
 ERRORS = problem_responses(
     Forbidden,
     InvalidCurrentPassword,
+    TooManyAttempts,
     UserNotFound,
     EmailTaken,
     LastAdmin,
@@ -144,7 +168,13 @@ async def update_me_route(
 ) -> PrivateUser:
     """Update your own account."""
     user = await update_user(
-        session, passwords, settings, actor=actor, target=actor, update=update, if_match=if_match
+        session,
+        passwords=passwords,
+        settings=settings,
+        actor=actor,
+        target=actor,
+        update=update,
+        if_match=if_match,
     )
     return private_view(user, response)
 
@@ -167,6 +197,12 @@ async def update_user_route(
     if target is None:
         raise UserNotFound()
     user = await update_user(
-        session, passwords, settings, actor=actor, target=target, update=update, if_match=if_match
+        session,
+        passwords=passwords,
+        settings=settings,
+        actor=actor,
+        target=target,
+        update=update,
+        if_match=if_match,
     )
     return private_view(user, response)

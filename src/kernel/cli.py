@@ -15,11 +15,11 @@ from sqlalchemy.exc import IntegrityError
 
 import features
 from kernel import schema
+from kernel.credentials import purge_expired_attempts
 from kernel.db import Database
 from kernel.fields import Email, Name, Password, check_new_password
 from kernel.passwords import PasswordHashing
 from kernel.settings import Settings, load_settings
-from kernel.slices import purge_hooks
 from kernel.tokens import purge_expired_refresh_tokens
 from kernel.users import User
 
@@ -43,6 +43,8 @@ def _serve(args: argparse.Namespace, settings: Settings) -> None:
     if settings.auto_migrate:
         # Once here, before the workers start, rather than once per worker.
         asyncio.run(_migrate(settings))
+    # The workers inherit it: they split the hashing memory budget between them.
+    os.environ["WEB_CONCURRENCY"] = str(args.workers)
     uvicorn.run(
         "kernel.app:create_app",
         factory=True,
@@ -59,12 +61,12 @@ async def _purge_expired(settings: Settings) -> dict[str, int]:
     database = Database(settings)
     try:
         async with database.session() as session:
-            removed = {"kernel.tokens": await purge_expired_refresh_tokens(session)}
-            for name, purge in purge_hooks():
-                removed[name] = await purge(session, settings)
+            return {
+                "refresh tokens": await purge_expired_refresh_tokens(session),
+                "password attempt counters": await purge_expired_attempts(session, settings),
+            }
     finally:
         await database.dispose()
-    return removed
 
 
 def _validated(adapter: TypeAdapter[str], value: str, what: str) -> str:
@@ -171,7 +173,7 @@ def main(argv: list[str] | None = None) -> None:
             print(f"database at {schema.head_revision()}")
         elif args.command == "purge-expired":
             for name, count in asyncio.run(_purge_expired(settings)).items():
-                print(f"{name}: {count} expired rows deleted")
+                print(f"{count} expired {name} deleted")
         elif args.command == "create-admin":
             password = args.password or os.environ.get("USERAPI_ADMIN_PASSWORD", "")
             if not password:

@@ -18,7 +18,8 @@ from sqlalchemy.ext.asyncio import (
 from sqlalchemy.types import TypeDecorator
 from sqlmodel import SQLModel
 
-from kernel.settings import Settings
+from kernel.errors import ProblemError
+from kernel.settings import Settings, SettingsError
 
 # Stable constraint names on both databases, so migrations can name what they drop.
 SQLModel.metadata.naming_convention = {
@@ -47,7 +48,8 @@ class UTCDateTime(TypeDecorator[datetime]):
     def process_bind_param(self, value: datetime | None, dialect: Dialect) -> datetime | None:
         if value is None:
             return None
-        value = value.astimezone(UTC)
+        # A naive datetime is taken as UTC (never as the server's local time).
+        value = value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
         return value.replace(tzinfo=None) if dialect.name == "sqlite" else value
 
     def process_result_value(
@@ -72,10 +74,6 @@ def _configure_sqlite(engine: AsyncEngine) -> None:
         cursor.execute(f"PRAGMA busy_timeout={SQLITE_BUSY_TIMEOUT_MS}")
         cursor.execute("PRAGMA foreign_keys=ON")
         cursor.close()
-        # SQLite's lower() folds ASCII only; searches must fold "É" as PostgreSQL does.
-        dbapi_connection.create_function(
-            "lower", 1, lambda text: None if text is None else text.lower(), deterministic=True
-        )
 
     @event.listens_for(engine.sync_engine, "begin")
     def _on_begin(connection: Connection) -> None:
@@ -93,8 +91,10 @@ class Database:
         self.url = url
         self.is_sqlite = url.startswith("sqlite")
         if self.is_sqlite:
-            _ensure_sqlite_folder(url)
-            self.engine = create_async_engine(url, pool_pre_ping=True)
+            # The default SQLite file lives in DATA_DIR: name the setting the operator set.
+            _ensure_sqlite_folder(url, "DATABASE_URL" if settings.database_url else "DATA_DIR")
+            # hide_parameters: a logged database error must not carry hashes or emails.
+            self.engine = create_async_engine(url, pool_pre_ping=True, hide_parameters=True)
             _configure_sqlite(self.engine)
             writer = self.engine.execution_options(sqlite_begin="IMMEDIATE")
         else:
@@ -104,6 +104,7 @@ class Database:
                 max_overflow=settings.db_pool_size,
                 pool_timeout=settings.db_timeout_seconds,
                 pool_pre_ping=True,
+                hide_parameters=True,
                 connect_args={
                     "timeout": settings.db_timeout_seconds,
                     "command_timeout": settings.db_timeout_seconds * 6,
@@ -124,6 +125,11 @@ class Database:
                 # there) leaves the transaction open, holding the write lock, unless we
                 # roll it back before the connection goes back to the pool.
                 await session.commit()
+            except ProblemError as problem:
+                # Some refusals are outcomes to record (a reused refresh token revokes
+                # its family); any other failure leaves nothing behind.
+                await (session.commit() if problem.keeps_changes else session.rollback())
+                raise
             except BaseException:
                 await session.rollback()
                 raise
@@ -136,10 +142,13 @@ def dialect_name(session: AsyncSession) -> str:
     return session.get_bind().dialect.name
 
 
-def _ensure_sqlite_folder(url: str) -> None:
+def _ensure_sqlite_folder(url: str, setting: str) -> None:
     path = url.split(":///", 1)[-1].split("?", 1)[0]
     if path and path != ":memory:":
-        Path(path).parent.mkdir(parents=True, exist_ok=True)
+        try:
+            Path(path).parent.mkdir(parents=True, exist_ok=True)
+        except OSError as error:
+            raise SettingsError(f"invalid setting {setting}: {error}") from None
 
 
 async def _request_session(request: Request) -> AsyncIterator[AsyncSession]:

@@ -41,6 +41,8 @@ class ProblemError(Exception):
     status: ClassVar[int] = 500
     code: ClassVar[str] = "internal_error"
     detail: ClassVar[str] = "The server could not complete the request."
+    # True when the request's writes so far must be committed despite the error.
+    keeps_changes: ClassVar[bool] = False
 
     def __init__(self, detail: str | None = None, *, headers: Mapping[str, str] | None = None):
         super().__init__(detail or self.detail)
@@ -74,6 +76,10 @@ class InvalidCurrentPassword(ProblemError):
 
 class LastAdmin(ProblemError):
     status, code, detail = 409, "last_admin", "This would leave no active administrator."
+
+
+class TooManyAttempts(ProblemError):
+    status, code, detail = 429, "too_many_attempts", "Too many failed attempts; try again later."
 
 
 class PreconditionFailed(ProblemError):
@@ -195,7 +201,8 @@ def _is_outage(error: Exception) -> bool:
             return True
         sqlstate = getattr(error.orig, "sqlstate", None) or ""
         return str(sqlstate)[:2] in _OUTAGE_SQLSTATE_CLASSES
-    return isinstance(error, (sa_exc.TimeoutError, ConnectionError, TimeoutError))
+    # OSError: refused, reset, unreachable, and DNS failures (socket.gaierror) alike.
+    return isinstance(error, (sa_exc.TimeoutError, OSError))
 
 
 async def _on_database_error(request: Request, error: Exception) -> Response:
@@ -216,7 +223,7 @@ def install_error_handlers(app: FastAPI) -> None:
     app.add_exception_handler(RequestValidationError, _on_validation)
     app.add_exception_handler(StarletteHTTPException, _on_http)
     app.add_exception_handler(StaleDataError, _on_stale)
-    for database_error in (sa_exc.DBAPIError, sa_exc.TimeoutError, ConnectionError, TimeoutError):
+    for database_error in (sa_exc.DBAPIError, sa_exc.TimeoutError, OSError):
         app.add_exception_handler(database_error, _on_database_error)
 
 

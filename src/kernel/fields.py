@@ -18,6 +18,7 @@ from pydantic import (
 from pydantic_core import PydanticCustomError
 from sqlmodel import SQLModel
 
+EMAIL_MAX_LENGTH = 320
 PASSWORD_MIN_LENGTH = 8  # the floor; PASSWORD_MIN_LENGTH in settings may raise it
 PASSWORD_MAX_LENGTH = 256
 PASSWORD_RAW_MAX_LENGTH = 1024
@@ -76,7 +77,14 @@ def _email(value: str) -> str:
             "email_invalid", "not a valid email address: {reason}", {"reason": str(error)}
         ) from None
     # Full Unicode case folding, here rather than in SQL: SQLite's lower() is ASCII-only.
-    return checked.normalized.casefold()
+    folded = checked.normalized.casefold()
+    if len(folded) > EMAIL_MAX_LENGTH:  # folding can lengthen it: "ß" becomes "ss"
+        raise PydanticCustomError(
+            "string_too_long",
+            "String should have at most {max} characters",
+            {"max": EMAIL_MAX_LENGTH},
+        )
+    return folded
 
 
 _url_adapter: TypeAdapter[HttpUrl] = TypeAdapter(HttpUrl)
@@ -91,19 +99,12 @@ def _http_url(text: str) -> str:
     return text
 
 
-def _non_blank(text: str) -> str:
-    if not text:
-        raise PydanticCustomError("string_blank", "must not be blank")
-    return text
-
-
 SafeText = Annotated[str, AfterValidator(_storable)]
 Name = Annotated[
     str,
     BeforeValidator(_trimmed),
-    Field(min_length=1, max_length=100),
+    Field(min_length=1, max_length=100),  # after trimming: whitespace alone is refused
     AfterValidator(_storable),
-    AfterValidator(_non_blank),
 ]
 Bio = Annotated[str, Field(max_length=1000), AfterValidator(_storable)]
 AvatarUrl = Annotated[
@@ -116,11 +117,10 @@ AvatarUrl = Annotated[
 Email = Annotated[
     str,
     BeforeValidator(_trimmed),
-    Field(min_length=3, max_length=320),
+    Field(min_length=3, max_length=EMAIL_MAX_LENGTH),
     AfterValidator(_storable),
     AfterValidator(_email),
 ]
-# NFKC first, so the length bounds count what is actually hashed.
 # Length is what API.md says: 8-256 characters *after* NFKC, which JSON Schema cannot
 # express; the schema carries only a raw cap (NFKC can expand a character up to 18-fold
 # or fold several into one) and the rule itself is in the description.

@@ -14,7 +14,8 @@ T = TypeVar("T")
 
 
 class PasswordHashing:
-    """Every hash and verify runs in a worker thread, at most `hash_concurrency` at once.
+    """Every hash and verify runs in a worker thread, at most `hashing_slots` at once in
+    this process (see Settings.hashing_slots for how workers share the budget).
 
     argon2id is memory-hard on purpose: unbounded, a burst of logins would exhaust memory;
     on the event loop, one login would stall every other request.
@@ -27,7 +28,7 @@ class PasswordHashing:
             parallelism=settings.argon2_parallelism,
             type=Type.ID,
         )
-        self._slots = anyio.CapacityLimiter(settings.hash_concurrency)
+        self._slots = anyio.CapacityLimiter(settings.hashing_slots)
         self._wait_seconds = settings.hash_wait_seconds
         self._dummy_hash = ""
 

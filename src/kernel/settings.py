@@ -19,15 +19,11 @@ class SettingsError(SystemExit):
     """A bad setting: stops start-up with one line per bad value, never a traceback."""
 
 
-def _default_hash_concurrency() -> int:
-    # Each running argon2 hash holds its memory cost; cap by CPUs (it is CPU-bound) and
-    # by a quarter of the machine's memory so a burst of logins cannot exhaust it.
-    cpus = os.cpu_count() or 1
+def _total_memory_kib() -> int | None:
     try:
-        total_kib = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") // 1024
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") // 1024
     except (ValueError, OSError, AttributeError):
-        return cpus
-    return max(1, min(cpus, total_kib // 4 // (64 * 1024)))
+        return None
 
 
 class Settings(BaseSettings):
@@ -54,7 +50,11 @@ class Settings(BaseSettings):
     argon2_time_cost: int = Field(default=3, ge=1, le=20)
     argon2_memory_kib: int = Field(default=64 * 1024, ge=8, le=4 * 1024 * 1024)
     argon2_parallelism: int = Field(default=4, ge=1, le=16)
-    hash_concurrency: int = Field(default_factory=_default_hash_concurrency, ge=1, le=256)
+    # Unset: derived from CPUs, memory and the argon2 memory cost (see hashing_slots).
+    hash_concurrency: int | None = Field(default=None, ge=1, le=256)
+    # uvicorn's own variable for its worker count; `userapi serve --workers` sets it,
+    # so the hashing memory budget is shared among the workers of one machine.
+    web_concurrency: int = Field(default=1, ge=1, le=256)
     hash_wait_seconds: float = Field(default=10.0, gt=0, le=300)
     db_pool_size: int = Field(default=10, ge=1, le=200)
     db_timeout_seconds: float = Field(default=5.0, gt=0, le=120)
@@ -101,6 +101,22 @@ class Settings(BaseSettings):
         return self
 
     @cached_property
+    def hashing_slots(self) -> int:
+        """argon2 hashes one process may run at once.
+
+        Each running hash holds ARGON2_MEMORY_KIB and keeps a core busy: at most one per
+        CPU, and all workers together within a quarter of the machine's memory.
+        """
+        if self.hash_concurrency:
+            return self.hash_concurrency
+        cpus = os.cpu_count() or 1
+        total_kib = _total_memory_kib()
+        if total_kib is None:
+            return cpus
+        by_memory = total_kib // 4 // self.argon2_memory_kib // self.web_concurrency
+        return max(1, min(cpus, by_memory))
+
+    @cached_property
     def resolved_database_url(self) -> str:
         return self.database_url or f"sqlite+aiosqlite:///{self.data_dir / 'userapi.db'}"
 
@@ -109,6 +125,12 @@ class Settings(BaseSettings):
         """The configured key, or outside production one generated once and kept on disk."""
         if self.secret_key:
             return self.secret_key
+        try:
+            return self._development_key()
+        except OSError as error:
+            raise SettingsError(f"invalid setting DATA_DIR: {error}") from None
+
+    def _development_key(self) -> str:
         key_file = self.data_dir / "secret_key"
         if key_file.exists():
             return key_file.read_text().strip()

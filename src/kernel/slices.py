@@ -3,19 +3,15 @@
 import importlib
 import pkgutil
 import re
-from collections.abc import Awaitable, Callable
 from types import ModuleType
 
 from fastapi import APIRouter, FastAPI
 from fastapi.routing import APIRoute
-from sqlalchemy.ext.asyncio import AsyncSession
 from starlette.routing import compile_path
 
 import features
-from kernel.settings import Settings
 
 API_PREFIX = "/api/v1"
-PurgeHook = Callable[[AsyncSession, Settings], Awaitable[int]]
 
 
 class SliceError(RuntimeError):
@@ -44,18 +40,10 @@ def load_slices() -> list[ModuleType]:
 
 def load_tables() -> None:
     """Import the kernel's tables and every slice's, for Alembic and for tests."""
-    import kernel.tokens  # noqa: F401  (registers the kernel's tables on the metadata)
+    import kernel.credentials
+    import kernel.tokens  # noqa: F401
 
     load_slices()
-
-
-def purge_hooks() -> list[tuple[str, PurgeHook]]:
-    """Slices that own expiring rows export `async def purge_expired(session, settings)`."""
-    return [
-        (module.__name__, module.purge_expired)
-        for module in load_slices()
-        if callable(getattr(module, "purge_expired", None))
-    ]
 
 
 def mount_slices(app: FastAPI) -> None:

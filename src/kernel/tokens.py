@@ -10,11 +10,11 @@ from typing import Annotated, Any, Literal
 import jwt
 from pydantic import BaseModel
 from pydantic import Field as PydanticField
-from sqlalchemy import delete, update
+from sqlalchemy import delete, func, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlmodel import Field, SQLModel, col
 
-from kernel.db import UTCDateTime, utc_now
+from kernel.db import UTCDateTime, dialect_name, utc_now
 from kernel.errors import InvalidToken
 from kernel.fields import SafeText
 from kernel.settings import Settings
@@ -163,7 +163,20 @@ async def purge_expired_refresh_tokens(session: AsyncSession) -> int:
     return int(getattr(result, "rowcount", 0) or 0)
 
 
+async def lock_family(session: AsyncSession, family_id: uuid.UUID) -> None:
+    """Serialise work on one login's tokens until the transaction ends.
+
+    Without it, on PostgreSQL, a logout racing a refresh revokes the spent token but
+    not the one the refresh is minting. (SQLite's writers are serialised already.)
+    """
+    if dialect_name(session) == "postgresql":
+        await session.execute(
+            select(func.pg_advisory_xact_lock(func.hashtextextended(str(family_id), 0)))
+        )
+
+
 async def revoke_family(session: AsyncSession, family_id: uuid.UUID) -> None:
+    await lock_family(session, family_id)
     await session.execute(
         update(RefreshToken)
         .where(col(RefreshToken.family_id) == family_id, col(RefreshToken.revoked_at).is_(None))

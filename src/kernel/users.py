@@ -2,7 +2,7 @@
 
 import hashlib
 import uuid
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Annotated, Any, Self
 
 from fastapi import Response
@@ -15,12 +15,18 @@ from sqlmodel import Field, SQLModel, col
 from kernel.db import UTCDateTime, dialect_name, utc_now
 from kernel.errors import LastAdmin
 
-# RFC 3339, UTC, always with microseconds: "2026-11-26T16:39:00.123456Z".
+
+def _rfc3339(moment: datetime) -> str:
+    """RFC 3339, UTC, always with microseconds: "2026-11-26T16:39:00.123456Z"."""
+    return moment.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
 Timestamp = Annotated[
     datetime,
-    PlainSerializer(lambda moment: moment.strftime("%Y-%m-%dT%H:%M:%S.%fZ"), return_type=str),
+    PlainSerializer(_rfc3339, return_type=str),
     WithJsonSchema({"type": "string", "format": "date-time"}),
 ]
+SEARCH_SEPARATOR = "\n"
 
 
 class User(SQLModel, table=True):
@@ -43,6 +49,9 @@ class User(SQLModel, table=True):
     version: int = Field(default=1)
     created_at: datetime = Field(default_factory=utc_now, sa_type=UTCDateTime)
     updated_at: datetime = Field(default_factory=utc_now, sa_type=UTCDateTime)
+    # Email and names, case-folded in Python: searching it gives the same answers on
+    # SQLite (whose lower() is ASCII-only) and on PostgreSQL whatever its locale.
+    search_key: str = Field(default="", max_length=2000)
 
     @declared_attr.directive
     def __mapper_args__(cls) -> dict[str, Any]:  # noqa: N805
@@ -61,11 +70,26 @@ class User(SQLModel, table=True):
     def touch(self) -> None:
         self.updated_at = utc_now()
 
+    def deactivate(self) -> None:
+        """Soft delete: the row (and its email) stays; every token stops working."""
+        self.is_active = False
+        self.revoke_tokens()
+
+
+def _search_key(user: User) -> str:
+    return SEARCH_SEPARATOR.join((user.email, user.first_name, user.last_name)).casefold()
+
 
 @event.listens_for(User, "before_insert")
-def _created_is_updated(_: Any, __: Any, user: User) -> None:
+def _on_insert(_: Any, __: Any, user: User) -> None:
     # API.md: updated_at is set on creation, to the same instant as created_at.
     user.updated_at = user.created_at
+    user.search_key = _search_key(user)
+
+
+@event.listens_for(User, "before_update")
+def _on_update(_: Any, __: Any, user: User) -> None:
+    user.search_key = _search_key(user)
 
 
 class PublicUser(BaseModel):
@@ -108,6 +132,14 @@ def private_view(user: User, response: Response) -> PrivateUser:
     """The private view, with the ETag that a later If-Match can send back."""
     response.headers["ETag"] = etag(user)
     return PrivateUser.of(user)
+
+
+async def lock_user(session: AsyncSession, user: User) -> None:
+    """Reload the user's row and lock it until the transaction ends (PostgreSQL; SQLite's
+    writers already hold the database lock), so concurrent changes queue, not clash."""
+    # refresh(), not get(populate_existing): a row whose version moved on since it was
+    # first loaded is simply reloaded, rather than reported as a stale version.
+    await session.refresh(user, with_for_update=True)
 
 
 async def ensure_not_last_admin(session: AsyncSession, user: User) -> None:

@@ -207,12 +207,13 @@ async def test_admin_may_deactivate_another_admin_while_one_remains(
     assert_problem(await deactivate(client, admin, password=admin.password), 409, "last_admin")
 
 
-async def test_own_id_without_a_body_returns_403_invalid_current_password(
+async def test_own_id_without_a_body_returns_422_like_the_me_route(
     client: httpx.AsyncClient, user: Account
 ) -> None:
     response = await deactivate(client, user, target=user.id)
 
-    assert_problem(response, 403, "invalid_current_password")
+    problem = assert_problem(response, 422, "validation_error")
+    assert problem["errors"][0]["loc"] == ["body", "current_password"]
     assert (await client.get("/api/v1/users/me", headers=user.headers)).status_code == 200
 
 

@@ -373,3 +373,16 @@ async def test_total_is_absent_unless_asked(
     body = await page(client, admin, **params)
 
     assert set(body) == {"items", "next_cursor"}
+
+
+async def test_q_matches_emails_and_names_by_full_case_folding(
+    client: httpx.AsyncClient, admin: Account
+) -> None:
+    await register(client, email="Straße@example.com", first_name="ǅemal", last_name="Çelik")
+
+    by_sharp_s = await client.get("/api/v1/users", headers=admin.headers, params={"q": "STRASSE"})
+    by_digraph = await client.get("/api/v1/users", headers=admin.headers, params={"q": "ǆemal"})
+    by_cedilla = await client.get("/api/v1/users", headers=admin.headers, params={"q": "ÇELI"})
+
+    for response in (by_sharp_s, by_digraph, by_cedilla):
+        assert [item["email"] for item in response.json()["items"]] == ["strasse@example.com"]

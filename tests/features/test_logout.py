@@ -1,5 +1,6 @@
 """POST /api/v1/auth/logout, through HTTP on SQLite and PostgreSQL (API.md, "logout")."""
 
+import asyncio
 import secrets
 
 import httpx
@@ -150,3 +151,20 @@ async def test_logout_with_a_non_json_content_type_returns_415(
 
     assert_problem(response, 415, "unsupported_media_type")
     assert (await refresh(client, user.refresh_token)).status_code == 200
+
+
+async def test_logout_racing_a_refresh_leaves_no_token_of_that_login_working(
+    client: httpx.AsyncClient, user: Account
+) -> None:
+    for _ in range(5):
+        await login(client, user)
+        refreshed, logged_out = await asyncio.gather(
+            refresh(client, user.refresh_token), logout(client, user.refresh_token)
+        )
+
+        assert logged_out.status_code == 204
+        if refreshed.status_code == 200:  # the refresh won the race: its child is revoked too
+            child = await refresh(client, refreshed.json()["refresh_token"])
+            assert_problem(child, 401, "invalid_token")
+        else:
+            assert_problem(refreshed, 401, "invalid_token")

@@ -348,3 +348,15 @@ async def test_concurrent_registrations_of_one_email_yield_one_201_and_409s(
     for response in responses:
         if response.status_code == 409:
             assert_problem(response, 409, "email_taken")
+
+
+async def test_an_email_that_case_folding_lengthens_past_the_limit_returns_422(
+    client: httpx.AsyncClient,
+) -> None:
+    # "ΐ" case-folds to three characters: valid as sent, 371 characters once folded.
+    email = "ΐ" * 64 + "@" + "ΐ" * 29 + "." + "ΐ" * 29 + ".de"
+
+    response = await client.post("/api/v1/auth/register", json=registration(email=email))
+
+    problem = assert_problem(response, 422, "validation_error")
+    assert issue_types(problem) == ["string_too_long"]

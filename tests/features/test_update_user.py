@@ -322,7 +322,7 @@ async def test_concurrent_updates_with_one_etag_let_exactly_one_win(
 async def test_last_active_admin_cannot_remove_themself(
     client: httpx.AsyncClient, admin: Account, body: dict[str, bool]
 ) -> None:
-    response = await patch(client, admin, body)
+    response = await patch(client, admin, body | {"current_password": admin.password})
 
     assert_problem(response, 409, "last_admin")
     assert await me(client, admin) == admin.record | {"is_superuser": True}
@@ -334,10 +334,21 @@ async def test_admin_may_remove_themself_while_another_admin_remains(
 ) -> None:
     await make_admin(client, app)
 
-    response = await patch(client, admin, body)
+    response = await patch(client, admin, body | {"current_password": admin.password})
 
     assert response.status_code == 200
     assert {key: response.json()[key] for key in body} == body
+
+
+async def test_admin_deactivating_themself_needs_the_current_password(
+    client: httpx.AsyncClient, app: FastAPI, admin: Account
+) -> None:
+    await make_admin(client, app)
+
+    response = await patch(client, admin, {"is_active": False})
+
+    assert_problem(response, 403, "invalid_current_password")
+    assert (await me(client, admin))["is_active"] is True
 
 
 async def test_admin_deactivation_makes_the_users_tokens_fail_at_once(
@@ -442,3 +453,24 @@ async def test_malformed_id_returns_422(client: httpx.AsyncClient, admin: Accoun
     response = await patch(client, admin, {"bio": "x"}, target="not-a-uuid")
 
     assert_problem(response, 422, "validation_error")
+
+
+async def test_concurrent_unconditional_updates_all_succeed(
+    client: httpx.AsyncClient, user: Account
+) -> None:
+    responses = await asyncio.gather(
+        *(patch(client, user, {"bio": f"edit {index}"}) for index in range(10))
+    )
+
+    assert [response.status_code for response in responses] == [200] * 10
+    assert (await me(client, user))["bio"] in {f"edit {index}" for index in range(10)}
+
+
+async def test_a_weak_if_match_never_matches(client: httpx.AsyncClient, user: Account) -> None:
+    current = (await client.get("/api/v1/users/me", headers=user.headers)).headers["etag"]
+
+    response = await client.patch(
+        "/api/v1/users/me", headers=user.headers | {"If-Match": f"W/{current}"}, json={"bio": "w"}
+    )
+
+    assert_problem(response, 412, "precondition_failed")

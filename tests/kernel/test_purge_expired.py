@@ -35,7 +35,7 @@ async def test_purge_deletes_expired_refresh_tokens_and_keeps_live_ones(
     result = await run_cli("purge-expired", env=server_env(database_url), cwd=tmp_path)
 
     assert result.returncode == 0, result.stderr
-    assert "kernel.tokens: 1 expired rows deleted" in result.stdout
+    assert "1 expired refresh tokens deleted" in result.stdout
     gone = await client.post("/api/v1/auth/refresh", json={"refresh_token": expired.refresh_token})
     assert_problem(gone, 401, "invalid_token")
     kept = await client.post("/api/v1/auth/refresh", json={"refresh_token": live.refresh_token})
@@ -53,4 +53,4 @@ async def test_purge_deletes_login_counters_whose_window_has_passed(
     result = await run_cli("purge-expired", env=env, cwd=tmp_path)
 
     assert result.returncode == 0, result.stderr
-    assert "features.login.slice: 1 expired rows deleted" in result.stdout
+    assert "1 expired password attempt counters deleted" in result.stdout

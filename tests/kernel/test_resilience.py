@@ -170,3 +170,13 @@ async def test_postgresql_outage_gives_503_and_recovers_without_restart(
         assert response.headers["retry-after"]
     assert after_me.status_code == 200
     assert after_ready.status_code == 200
+
+
+async def test_an_unresolvable_database_host_gives_503_not_500(tmp_path: Path) -> None:
+    settings = make_settings("postgresql://postgres@no-such-host.invalid/userapi", tmp_path)
+    async with serving(settings) as (_, client):
+        ready = await client.get("/ready")
+        register = await client.post("/api/v1/auth/register", json=registration())
+
+    for response in (ready, register):
+        assert_problem(response, 503, "database_unavailable")

@@ -3,6 +3,7 @@
 API.md "Running it"; DESIGN.md "settings.py".
 """
 
+import os
 from pathlib import Path
 
 import pytest
@@ -74,6 +75,39 @@ async def test_cli_with_a_bad_setting_exits_with_a_one_line_message(
     assert len(result.stderr.strip().splitlines()) == 1, result.stderr
     assert variable in result.stderr
     assert not (tmp_path / "x.db").exists()
+
+
+@pytest.mark.parametrize("command", ["migrate", "serve"])
+async def test_an_unusable_data_dir_stops_start_up_with_a_one_line_message(
+    tmp_path: Path, command: str
+) -> None:
+    env = {
+        name: value
+        for name, value in cli_env(DATA_DIR="/proc/no-such-dir/data").items()
+        if name not in {"SECRET_KEY", "DATABASE_URL"}
+    }
+
+    result = await run_cli(command, env=env, cwd=tmp_path)
+
+    assert result.returncode != 0
+    assert len(result.stderr.strip().splitlines()) == 1, result.stderr
+    assert "DATA_DIR" in result.stderr
+
+
+def test_hashing_slots_are_one_per_cpu_when_memory_allows() -> None:
+    # 19 MiB a hash: any machine that runs this suite has room for one per CPU.
+    assert load_settings(argon2_memory_kib=19 * 1024).hashing_slots == (os.cpu_count() or 1)
+
+
+def test_hashing_slots_shrink_with_the_memory_cost_and_the_workers() -> None:
+    # 4 GiB a hash shared by 256 workers: far beyond a quarter of memory, so one each.
+    crowded = load_settings(argon2_memory_kib=4 * 1024 * 1024, web_concurrency=256)
+
+    assert crowded.hashing_slots == 1
+
+
+def test_an_explicit_hash_concurrency_wins() -> None:
+    assert load_settings(hash_concurrency=3, web_concurrency=8).hashing_slots == 3
 
 
 # --- production -------------------------------------------------------------------------

@@ -1,8 +1,8 @@
-"""initial schema: users, refresh tokens, login attempts
+"""initial schema: users, refresh tokens, password attempt counters
 
-Revision ID: 38ca4b305931
+Revision ID: 0001
 Revises:
-Create Date: 2026-11-26 18:34:10.914612
+Create Date: 2026-11-26 19:06:42.154451
 """
 
 from collections.abc import Sequence
@@ -10,7 +10,7 @@ from collections.abc import Sequence
 import sqlalchemy as sa
 from alembic import op
 
-revision: str = "38ca4b305931"
+revision: str = "0001"
 down_revision: str | None = None
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
@@ -18,12 +18,19 @@ depends_on: str | Sequence[str] | None = None
 
 def upgrade() -> None:
     op.create_table(
-        "login_attempts",
+        "password_attempts",
         sa.Column("email", sa.String(length=320), nullable=False),
         sa.Column("failures", sa.Integer(), nullable=False),
         sa.Column("window_started_at", sa.DateTime(timezone=True), nullable=False),
-        sa.PrimaryKeyConstraint("email", name=op.f("pk_login_attempts")),
+        sa.PrimaryKeyConstraint("email", name=op.f("pk_password_attempts")),
     )
+    with op.batch_alter_table("password_attempts", schema=None) as batch_op:
+        batch_op.create_index(
+            batch_op.f("ix_password_attempts_window_started_at"),
+            ["window_started_at"],
+            unique=False,
+        )
+
     op.create_table(
         "users",
         sa.Column("id", sa.Uuid(), nullable=False),
@@ -39,6 +46,7 @@ def upgrade() -> None:
         sa.Column("version", sa.Integer(), nullable=False),
         sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
         sa.Column("updated_at", sa.DateTime(timezone=True), nullable=False),
+        sa.Column("search_key", sa.String(length=2000), nullable=False),
         sa.PrimaryKeyConstraint("id", name=op.f("pk_users")),
         sa.UniqueConstraint("email", name=op.f("uq_users_email")),
     )
@@ -86,4 +94,7 @@ def downgrade() -> None:
         batch_op.drop_index("ix_users_created_at_id")
 
     op.drop_table("users")
-    op.drop_table("login_attempts")
+    with op.batch_alter_table("password_attempts", schema=None) as batch_op:
+        batch_op.drop_index(batch_op.f("ix_password_attempts_window_started_at"))
+
+    op.drop_table("password_attempts")
