@@ -12,6 +12,8 @@ from kernel.settings import Settings
 from kernel.tokens import AccessTokens
 from kernel.users import User
 
+# The one route the kernel names: OAuth2's password flow must point at a token URL, and
+# API.md fixes it. Everything else about login lives in its slice.
 LOGIN_PATH = "/api/v1/auth/login"
 
 # auto_error=False: a missing token is our own 401 problem, not FastAPI's {"detail"}.
