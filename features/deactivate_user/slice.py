@@ -23,7 +23,7 @@ from kernel.errors import (
 )
 from kernel.fields import CurrentPassword, StrictInput
 from kernel.passwords import PasswordHashing
-from kernel.security import CurrentUser, PasswordsDep, SettingsDep
+from kernel.security import Authorization, CurrentUser, PasswordsDep, SettingsDep
 from kernel.settings import Settings
 from kernel.users import PrivateUser, User, ensure_not_last_admin, lock_user
 
@@ -34,11 +34,15 @@ class Deactivation(StrictInput):
     current_password: CurrentPassword
 
 
-async def deactivate(session: AsyncSession, user_id: uuid.UUID) -> User:
+async def deactivate(
+    session: AsyncSession, *, authorized: Authorization, user_id: uuid.UUID
+) -> User:
     user = await session.get(User, user_id)
     if user is None:
         raise UserNotFound()
     await lock_user(session, user)
+    # A password check ran outside any transaction: the caller must still be authorized.
+    await authorized.recheck(session)
     if not user.is_active:
         return user  # idempotent: already done, nothing changes
     await ensure_not_last_admin(session, user)
@@ -84,8 +88,9 @@ async def deactivate_me_route(
     settings: SettingsDep,
 ) -> PrivateUser:
     """Deactivate your own account (confirm with your current password)."""
+    authorized = Authorization.of(actor)
     await _confirm_password(session, passwords=passwords, settings=settings, user=actor, body=body)
-    return PrivateUser.of(await deactivate(session, actor.id))
+    return PrivateUser.of(await deactivate(session, authorized=authorized, user_id=actor.id))
 
 
 @router.post("/users/{user_id}/deactivate", responses=ERRORS)
@@ -98,10 +103,11 @@ async def deactivate_user_route(
     body: Deactivation | None = Body(default=None),
 ) -> PrivateUser:
     """Deactivate a user: administrators need no body; for yourself, confirm your password."""
+    authorized = Authorization.of(actor)
     if user_id == actor.id:
         await _confirm_password(
             session, passwords=passwords, settings=settings, user=actor, body=body
         )
     elif not actor.is_superuser:
         raise Forbidden("Only administrators may deactivate other users.")
-    return PrivateUser.of(await deactivate(session, user_id))
+    return PrivateUser.of(await deactivate(session, authorized=authorized, user_id=user_id))

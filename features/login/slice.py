@@ -69,8 +69,13 @@ async def login(
     ):
         raise InvalidCredentials()
     assert user is not None  # a password only matches an existing account's hash
+    # argon2 ran outside any transaction: read the account again before trusting it.
+    seen_token_version = user.token_version
+    await session.refresh(user)
     if not user.is_active:
         raise AccountInactive()
+    if user.token_version != seen_token_version:
+        raise InvalidCredentials()  # the password changed while we were checking it
     if passwords.needs_rehash(user.password_hash):
         upgraded = await hash_new_password(session, passwords, credentials.password)
         # A plain UPDATE, not an ORM change: a rehash is invisible to clients (no new ETag).

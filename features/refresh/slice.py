@@ -51,7 +51,13 @@ async def refresh(
     # One login's tokens are refreshed, reused or revoked one request at a time; then
     # re-read the token, as a refresh that held the lock before us may have spent it.
     await lock_family(session, presented.family_id)
-    await session.refresh(presented)
+    presented = await session.scalar(
+        select(RefreshToken)
+        .where(col(RefreshToken.id) == presented.id)
+        .execution_options(populate_existing=True)
+    )
+    if presented is None:
+        raise InvalidToken()  # purged meanwhile (it had expired)
     if presented.spent_at is not None:
         await revoke_family(session, presented.family_id)
         raise ReusedRefreshToken()

@@ -38,7 +38,7 @@ from kernel.fields import (
     check_new_password,
 )
 from kernel.passwords import PasswordHashing
-from kernel.security import CurrentUser, PasswordsDep, SettingsDep
+from kernel.security import Authorization, CurrentUser, PasswordsDep, SettingsDep
 from kernel.settings import Settings
 from kernel.users import (
     PrivateUser,
@@ -99,6 +99,7 @@ async def update_user(
     if_match: str | None,
 ) -> User:
     _check_precondition(if_match, target)  # early, before any argon2 work
+    authorized = Authorization.of(actor)
     fields = update.model_fields_set - {"current_password"}
     if fields & ADMIN_ONLY and not actor.is_superuser:
         raise Forbidden("Only administrators may change is_active or is_superuser.")
@@ -120,7 +121,10 @@ async def update_user(
         )
         changes["password_hash"] = await hash_new_password(session, passwords, update.password)
     await lock_user(session, target)
-    _check_precondition(if_match, target)  # authoritative: the row cannot change now
+    # argon2 ran outside any transaction: the caller must still hold a live token (and
+    # be an admin, if they were), and If-Match is checked against the locked row.
+    await authorized.recheck(session)
+    _check_precondition(if_match, target)
     changes = {name: value for name, value in changes.items() if getattr(target, name) != value}
     if not changes:
         return target

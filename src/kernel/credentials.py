@@ -13,14 +13,14 @@ write lock, and one slow hash must not stall every other writer.
 import math
 from datetime import datetime, timedelta
 
-from sqlalchemy import case, delete, literal, update
+from sqlalchemy import case, delete, literal
 from sqlalchemy.dialects.postgresql import insert as postgresql_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlmodel import Field, SQLModel, col
 
 from kernel.db import UTCDateTime, dialect_name, utc_now
-from kernel.errors import InvalidCurrentPassword, ServerBusy, TooManyAttempts
+from kernel.errors import InvalidCurrentPassword, TooManyAttempts
 from kernel.passwords import PasswordHashing
 from kernel.settings import Settings
 from kernel.users import User
@@ -37,11 +37,14 @@ class PasswordAttempt(SQLModel, table=True):
 
 
 async def release_locks(session: AsyncSession) -> None:
-    """End the transaction so far (reads only); loaded objects stay usable.
+    """End the request's transaction before slow work, when it has only read so far.
 
-    Later writes start a new transaction; the User version column still refuses to
-    overwrite a row that changed in between.
+    Loaded objects stay usable; whoever writes afterwards must re-check what it relies
+    on under a row lock (see kernel.users.lock_user and Authorization.recheck).
     """
+    if session.new or session.dirty or session.deleted:
+        # Committing here would make half a request permanent: a bug in the caller.
+        raise RuntimeError("release_locks() called with unflushed changes pending")
     await session.commit()
 
 
@@ -66,7 +69,7 @@ async def _reserve_attempt(session: AsyncSession, email: str, settings: Settings
             index_elements=["email"],
             set_={
                 # Once over the limit it stays at limit + 1: refused attempts are not
-                # checked, so they add nothing a later refund would have to undo.
+                # checked, so they do not count.
                 "failures": case(
                     (expired, 1),
                     (failures > settings.login_max_failures, failures),
@@ -102,25 +105,14 @@ async def check_password(
     so an unknown email cannot be told apart by timing.
     """
     await release_locks(session)
-    locked_for = await _reserve_attempt(session, email, settings)
-    await session.commit()  # the attempt counts even if this request fails
-    if locked_for:
-        raise TooManyAttempts(headers={"Retry-After": str(locked_for)})
-    try:
-        if stored_hash is None:
-            await passwords.burn_verify(password)
-            matches = False
-        else:
-            matches = await passwords.verify(stored_hash, password)
-    except ServerBusy:
-        # Our overload is not the user's failure: give the attempt back.
-        await session.execute(
-            update(PasswordAttempt)
-            .where(col(PasswordAttempt.email) == email, col(PasswordAttempt.failures) > 0)
-            .values(failures=col(PasswordAttempt.failures) - 1)
-        )
-        await session.commit()
-        raise
+    # The slot first: a check refused for lack of capacity (503) then costs the user
+    # nothing, as it was never counted.
+    async with passwords.slot() as hashing:
+        locked_for = await _reserve_attempt(session, email, settings)
+        await session.commit()  # the attempt counts even if this request fails
+        if locked_for:
+            raise TooManyAttempts(headers={"Retry-After": str(locked_for)})
+        matches = await hashing.verify(stored_hash, password)
     if matches:
         await session.execute(delete(PasswordAttempt).where(col(PasswordAttempt.email) == email))
         await session.commit()

@@ -84,7 +84,7 @@ class RequestContextMiddleware:
         started = time.perf_counter()
         request_id = request_id_for(Headers(scope=scope))
         scope.setdefault("state", {})["request_id"] = request_id
-        status = 500
+        status: int | str = "-"  # stays "-" if the client left before any response
         response_started = False
 
         async def send_with_id(message: Message) -> None:
@@ -153,11 +153,14 @@ class BodyGuardMiddleware:
 
         try:
             headers = Headers(scope=scope)
-            body, too_large = await _read_body(receive, headers)
-            if too_large:
+            try:
+                body = await _read_body(receive, headers)
+            except _BodyTooLarge:
                 detail = f"The body exceeds {MAX_BODY_BYTES} bytes."
                 await problem_response(413, "payload_too_large", detail)(scope, receive, send)
                 return
+            except _ClientGone:
+                return  # nobody is left to answer
             reason = _json_problem(body) if body and is_json(media_type(headers)) else None
             if reason:
                 issue = ValidationIssue(loc=["body"], msg=reason, type="json_invalid")
@@ -197,25 +200,33 @@ def _json_problem(body: bytes) -> str | None:
     return None
 
 
-async def _read_body(receive: Receive, headers: Headers) -> tuple[bytes, bool]:
-    """The whole body, or (b"", True) as soon as it passes the cap, chunked or not."""
+class _BodyTooLarge(Exception):
+    pass
+
+
+class _ClientGone(Exception):
+    pass
+
+
+async def _read_body(receive: Receive, headers: Headers) -> bytes:
+    """The whole body; _BodyTooLarge as soon as it passes the cap, chunked or not, and
+    _ClientGone if the client hangs up before sending all of it."""
     declared = headers.get("content-length", "")
     if declared.isdigit() and int(declared) > MAX_BODY_BYTES:
-        return b"", True
+        raise _BodyTooLarge
     chunks: list[bytes] = []
     size = 0
     while True:
         message = await receive()
         if message["type"] != "http.request":
-            break
+            raise _ClientGone  # a truncated body must never reach a route as if complete
         chunk = message.get("body", b"")
         size += len(chunk)
         if size > MAX_BODY_BYTES:
-            return b"", True
+            raise _BodyTooLarge
         chunks.append(chunk)
         if not message.get("more_body", False):
-            break
-    return b"".join(chunks), False
+            return b"".join(chunks)
 
 
 def _replay(body: bytes, receive: Receive) -> Receive:

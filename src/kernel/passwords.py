@@ -1,7 +1,7 @@
 """argon2id hashing off the event loop, behind a limiter sized for memory."""
 
-from collections.abc import Callable
-from typing import TypeVar
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 
 import anyio
 from argon2 import PasswordHasher, Type
@@ -10,7 +10,29 @@ from argon2.exceptions import InvalidHashError, VerificationError, VerifyMismatc
 from kernel.errors import ServerBusy
 from kernel.settings import Settings
 
-T = TypeVar("T")
+_DUMMY_PASSWORD = "not a real password; timing only"  # noqa: S105 (hashed for timing only)
+
+
+class HashingSlot:
+    """One of the limited argon2 slots, held: its work runs in a worker thread."""
+
+    def __init__(self, hasher: PasswordHasher, dummy_hash: str) -> None:
+        self._hasher = hasher
+        self._dummy_hash = dummy_hash
+
+    async def hash(self, password: str) -> str:
+        return await anyio.to_thread.run_sync(self._hasher.hash, password)
+
+    async def verify(self, stored_hash: str | None, password: str) -> bool:
+        """Whether it matches; None (no such account) does the same work and is False."""
+
+        def check() -> bool:
+            try:
+                return self._hasher.verify(stored_hash or self._dummy_hash, password)
+            except (VerifyMismatchError, VerificationError, InvalidHashError):
+                return False
+
+        return await anyio.to_thread.run_sync(check) and stored_hash is not None
 
 
 class PasswordHashing:
@@ -32,7 +54,9 @@ class PasswordHashing:
         self._wait_seconds = settings.hash_wait_seconds
         self._dummy_hash = ""
 
-    async def _in_worker(self, work: Callable[[], T]) -> T:
+    @asynccontextmanager
+    async def slot(self) -> AsyncIterator[HashingSlot]:
+        """Hold a slot, or answer 503 server_busy after HASH_WAIT_SECONDS without one."""
         try:
             with anyio.fail_after(self._wait_seconds):
                 await self._slots.acquire()
@@ -41,33 +65,19 @@ class PasswordHashing:
                 headers={"Retry-After": str(max(1, round(self._wait_seconds)))}
             ) from None
         try:
-            return await anyio.to_thread.run_sync(work)
+            yield HashingSlot(self._hasher, self._dummy_hash)
         finally:
             self._slots.release()
 
     async def warm_up(self) -> None:
         """Prepare the hash that unknown-email logins verify against (equal timing)."""
         if not self._dummy_hash:
-            self._dummy_hash = await self._in_worker(
-                lambda: self._hasher.hash("not a real password; timing only")
-            )
+            async with self.slot() as slot:
+                self._dummy_hash = await slot.hash(_DUMMY_PASSWORD)
 
     async def hash(self, password: str) -> str:
-        return await self._in_worker(lambda: self._hasher.hash(password))
-
-    async def verify(self, stored_hash: str, password: str) -> bool:
-        def check() -> bool:
-            try:
-                return self._hasher.verify(stored_hash, password)
-            except (VerifyMismatchError, VerificationError, InvalidHashError):
-                return False
-
-        return await self._in_worker(check)
-
-    async def burn_verify(self, password: str) -> None:
-        """Do the same argon2 work as a real verify, for an email that does not exist."""
-        await self.warm_up()
-        await self.verify(self._dummy_hash, password)
+        async with self.slot() as slot:
+            return await slot.hash(password)
 
     def needs_rehash(self, stored_hash: str) -> bool:
         try:

@@ -1,9 +1,11 @@
 """Who is calling: the dependency aliases every protected route names in its signature."""
 
+from dataclasses import dataclass
 from typing import Annotated
 
 from fastapi import Depends, Request
 from fastapi.security import OAuth2PasswordBearer
+from sqlalchemy.ext.asyncio import AsyncSession
 
 from kernel.db import SessionDep
 from kernel.errors import Forbidden, InvalidToken, NotAuthenticated
@@ -60,6 +62,30 @@ async def _admin_user(user: Annotated[User, Depends(_current_user)]) -> User:
     if not user.is_superuser:
         raise Forbidden("Administrators only.")
     return user
+
+
+@dataclass(frozen=True)
+class Authorization:
+    """What a request was authorized on, to confirm after slow work outside a transaction.
+
+    A handler that releases its transaction for argon2 (kernel.credentials) must not act
+    on a token revoked, or an admin demoted, while it waited.
+    """
+
+    user: User
+    token_version: int
+    is_superuser: bool
+
+    @classmethod
+    def of(cls, user: User) -> "Authorization":
+        return cls(user=user, token_version=user.token_version, is_superuser=user.is_superuser)
+
+    async def recheck(self, session: AsyncSession) -> None:
+        await session.refresh(self.user)
+        if not self.user.is_active or self.user.token_version != self.token_version:
+            raise InvalidToken()
+        if self.is_superuser and not self.user.is_superuser:
+            raise Forbidden("You are no longer an administrator.")
 
 
 CurrentUser = Annotated[User, Depends(_current_user)]

@@ -139,7 +139,9 @@ async def lock_user(session: AsyncSession, user: User) -> None:
     writers already hold the database lock), so concurrent changes queue, not clash."""
     # refresh(), not get(populate_existing): a row whose version moved on since it was
     # first loaded is simply reloaded, rather than reported as a stale version.
-    await session.refresh(user, with_for_update=True)
+    # FOR NO KEY UPDATE: it still lets the user's refresh tokens be inserted meanwhile
+    # (their foreign key check takes only a key-share lock).
+    await session.refresh(user, with_for_update={"key_share": True})
 
 
 async def ensure_not_last_admin(session: AsyncSession, user: User) -> None:
