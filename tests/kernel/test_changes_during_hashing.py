@@ -6,9 +6,9 @@ must see the deactivation: its stale token is refused, its login is refused.
 """
 
 import asyncio
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+from collections.abc import Coroutine
 from pathlib import Path
+from typing import Any
 
 import httpx
 
@@ -27,17 +27,26 @@ QUEUED_AHEAD = 3
 NEW_PASSWORD = "a completely new passphrase"
 
 
-@asynccontextmanager
-async def busy_hashing(client: httpx.AsyncClient, account: Account) -> AsyncIterator[None]:
-    """Logins that hold the hashing slot, so the next request has to queue behind them."""
-    body = {"email": account.email, "password": account.password}
+async def queued_behind_a_deactivation(
+    client: httpx.AsyncClient,
+    admin: Account,
+    victim: Account,
+    request: Coroutine[Any, Any, httpx.Response],
+) -> httpx.Response:
+    """Send `request` while the hashing slot is busy; deactivate `victim` while it queues."""
+    body = {"email": admin.email, "password": admin.password}
     ahead = [
         asyncio.create_task(client.post("/api/v1/auth/login", json=body))
         for _ in range(QUEUED_AHEAD)
     ]
     await asyncio.sleep(0.05)  # let them take the slot first
-    yield
+    queued = asyncio.create_task(request)
+    await asyncio.sleep(0.05)  # the request is now queued for hashing
+    deactivated = await client.post(f"/api/v1/users/{victim.id}/deactivate", headers=admin.headers)
+    assert deactivated.status_code == 200
+    response = await queued
     await asyncio.gather(*ahead)
+    return response
 
 
 async def test_a_password_change_queued_behind_a_deactivation_is_refused(
@@ -46,24 +55,16 @@ async def test_a_password_change_queued_behind_a_deactivation_is_refused(
     async with serving(make_settings(database_url, tmp_path, **SLOW_ONE_SLOT)) as (app, client):
         admin = await make_admin(client, app)
         victim = await make_user(client)
-        async with busy_hashing(client, admin):
-            change = asyncio.create_task(
-                client.patch(
-                    "/api/v1/users/me",
-                    headers=victim.headers,
-                    json={"password": NEW_PASSWORD, "current_password": victim.password},
-                )
-            )
-            await asyncio.sleep(0.05)  # the change is now queued for hashing
-            deactivated = await client.post(
-                f"/api/v1/users/{victim.id}/deactivate", headers=admin.headers
-            )
-            changed = await change
+        change = client.patch(
+            "/api/v1/users/me",
+            headers=victim.headers,
+            json={"password": NEW_PASSWORD, "current_password": victim.password},
+        )
+        changed = await queued_behind_a_deactivation(client, admin, victim, change)
         old_password = await client.post(
             "/api/v1/auth/login", json={"email": victim.email, "password": victim.password}
         )
 
-    assert deactivated.status_code == 200
     assert_problem(changed, 401, "invalid_token")
     # The password stayed as it was: the old one is still right (for an inactive account).
     assert_problem(old_password, 403, "account_inactive")
@@ -75,18 +76,9 @@ async def test_a_login_queued_behind_a_deactivation_is_refused(
     async with serving(make_settings(database_url, tmp_path, **SLOW_ONE_SLOT)) as (app, client):
         admin = await make_admin(client, app)
         victim = await make_user(client)
-        async with busy_hashing(client, admin):
-            login = asyncio.create_task(
-                client.post(
-                    "/api/v1/auth/login",
-                    json={"email": victim.email, "password": victim.password},
-                )
-            )
-            await asyncio.sleep(0.05)  # the login is now queued for hashing
-            deactivated = await client.post(
-                f"/api/v1/users/{victim.id}/deactivate", headers=admin.headers
-            )
-            logged_in = await login
+        login = client.post(
+            "/api/v1/auth/login", json={"email": victim.email, "password": victim.password}
+        )
+        logged_in = await queued_behind_a_deactivation(client, admin, victim, login)
 
-    assert deactivated.status_code == 200
     assert_problem(logged_in, 403, "account_inactive")
