@@ -1,8 +1,16 @@
-"""Find every slice under features/ and mount it: the kernel knows no feature by name."""
+"""Find every slice under features/ and mount it: the kernel knows no feature by name.
+
+A slice is a package `features/<name>/` (an `__init__.py`) holding `slice.py`, whose
+module-level `router: APIRouter` is mounted under /api/v1. Names starting with `_` are
+skipped (drafts, helpers). Anything else is refused at start-up with one line naming it:
+a folder that is not a package or has no slice.py, a stray module, a slice without a
+router, and two routes that claim the same method and path or the same operation id
+(a copied slice would otherwise silently replace the original).
+"""
 
 import importlib
-import pkgutil
 import re
+from pathlib import Path
 from types import ModuleType
 
 from fastapi import APIRouter, FastAPI
@@ -12,19 +20,42 @@ from starlette.routing import compile_path
 import features
 
 API_PREFIX = "/api/v1"
+# The one route the kernel names: OAuth2's password flow must point at a token URL, and
+# API.md fixes it. Everything else about login lives in its slice.
+LOGIN_PATH = f"{API_PREFIX}/auth/login"
+_IDENTIFIER = re.compile(r"^[a-z_][a-z0-9_]*$")
 
 
 class SliceError(RuntimeError):
     """A slice folder that cannot be mounted: start-up stops rather than run without it."""
 
 
+def _slice_folders() -> dict[str, Path]:
+    folders: dict[str, Path] = {}
+    for root in map(Path, features.__path__):
+        for entry in sorted(root.iterdir()):
+            if entry.name.startswith(("_", ".")):
+                continue
+            where = f"{root.name}/{entry.name}"
+            if not entry.is_dir():
+                if entry.suffix == ".py":
+                    raise SliceError(f"{where}: a slice is a folder holding slice.py")
+                continue
+            if not _IDENTIFIER.match(entry.name):
+                raise SliceError(f"{where}: a slice name is snake_case (or starts with _)")
+            if not (entry / "__init__.py").is_file():
+                raise SliceError(f"{where} is not a package: add an empty __init__.py")
+            if not (entry / "slice.py").is_file():
+                raise SliceError(f"{where} has no slice.py (start its name with _ to skip it)")
+            if entry.name in folders:
+                raise SliceError(f"two slice folders named {entry.name}: {folders[entry.name]}")
+            folders[entry.name] = entry
+    return folders
+
+
 def slice_names() -> list[str]:
-    """Every slice package under features/, sorted so mounting order is deterministic."""
-    return sorted(
-        info.name
-        for info in pkgutil.iter_modules(features.__path__)
-        if info.ispkg and not info.name.startswith("_")
-    )
+    """Every slice under features/, sorted so mounting order is deterministic."""
+    return sorted(_slice_folders())
 
 
 def load_slices() -> list[ModuleType]:
@@ -40,20 +71,52 @@ def load_slices() -> list[ModuleType]:
 
 def load_tables() -> None:
     """Import the kernel's tables and every slice's, for Alembic and for tests."""
-    import kernel.credentials
+    import kernel.guesses
     import kernel.tokens  # noqa: F401
 
     load_slices()
 
 
+class _Claims:
+    """Which slice mounted each route and operation id, to refuse a second claim."""
+
+    def __init__(self) -> None:
+        self._routes: list[tuple[re.Pattern[str], frozenset[str], str]] = []
+        self._operation_ids: dict[str, str] = {}
+
+    def add(self, methods: frozenset[str], path: str, operation_id: str, owner: str) -> None:
+        for pattern, earlier_methods, earlier_owner in self._routes:
+            shared = earlier_methods & methods
+            # The earlier route matches this one's path: requests never reach this one.
+            if shared and pattern.match(path):
+                raise SliceError(
+                    f"{'/'.join(sorted(shared))} {path} is claimed by {earlier_owner} "
+                    f"and by {owner}"
+                )
+        if operation_id in self._operation_ids:
+            raise SliceError(
+                f"operation id {operation_id!r} is used by {self._operation_ids[operation_id]} "
+                f"and by {owner}"
+            )
+        self._operation_ids[operation_id] = owner
+        self._routes.append((compile_path(path)[0], methods, owner))
+
+    def methods_by_path(self) -> list[tuple[re.Pattern[str], frozenset[str]]]:
+        return [(pattern, methods) for pattern, methods, _ in self._routes]
+
+
 def mount_slices(app: FastAPI) -> None:
-    # Which methods each slice path takes: a 405 must list all of them in Allow, and
-    # two slices may share a path (GET and PATCH /users/me).
-    methods: list[tuple[re.Pattern[str], frozenset[str]]] = []
+    claims = _Claims()
+    for route in app.router.routes:
+        if isinstance(route, APIRoute):
+            claims.add(frozenset(route.methods or ()), route.path, route.unique_id, "the kernel")
     for module in load_slices():
-        app.include_router(module.router, prefix=API_PREFIX)
+        owner = f"slice {module.__name__.split('.')[1]}"
         for route in module.router.routes:
             if isinstance(route, APIRoute):
-                pattern = compile_path(API_PREFIX + route.path)[0]
-                methods.append((pattern, frozenset(route.methods or ())))
-    app.state.slice_methods = methods
+                operation_id = route.operation_id or app.router.generate_unique_id_function(route)
+                claims.add(frozenset(route.methods or ()), API_PREFIX + route.path, operation_id, owner)
+        app.include_router(module.router, prefix=API_PREFIX)
+    # Which methods each path takes: a 405 must list all of them in Allow, and two
+    # slices may share a path (GET and PATCH /users/me).
+    app.state.slice_methods = claims.methods_by_path()

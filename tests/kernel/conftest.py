@@ -1,4 +1,5 @@
-"""Kernel-only fixtures: an empty (never migrated) database on SQLite and on PostgreSQL."""
+"""Kernel-only fixtures: an empty (never migrated) database on SQLite and on PostgreSQL,
+and a temporary folder of slices, so no test ever writes into the source tree."""
 
 import asyncio
 import os
@@ -9,7 +10,9 @@ from pathlib import Path
 
 import pytest
 
+import features
 from tests.conftest import admin_execute, async_url, postgres_url
+from tests.kernel.helpers import forget_modules
 
 
 @dataclass(frozen=True)
@@ -34,3 +37,14 @@ def empty_database(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[E
         yield EmptyDatabase(url=async_url(operator_url), operator_url=operator_url)
     finally:
         asyncio.run(admin_execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+
+
+@pytest.fixture
+def more_features(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
+    """A second folder of slices that the `features` package searches, for this test only."""
+    folder = tmp_path / "more_features"
+    folder.mkdir()
+    monkeypatch.setattr(features, "__path__", [*features.__path__, str(folder)])
+    yield folder
+    for child in folder.iterdir():
+        forget_modules(f"{features.__name__}.{child.name}")

@@ -1,13 +1,13 @@
 """Slice discovery (DESIGN.md rule 2): discovered, not listed; loud on failure; deterministic.
 
-`userapi new-feature` writes into the real features/ folder (removed afterwards). The other
-cases put their slice folders in a temporary directory added to the `features` package's
-search path, so a deliberately broken slice never reaches another test run's start-up.
+Every slice folder a test makes lives in a temporary directory: `userapi new-feature` runs
+in a temporary project root, and the other cases use the `more_features` folder, which the
+`features` package searches for that test only. Nothing is written into the source tree.
 """
 
 import sys
-from collections.abc import AsyncIterator, Iterator
-from contextlib import ExitStack, asynccontextmanager
+from collections.abc import Iterator
+from contextlib import ExitStack
 from pathlib import Path
 
 import pytest
@@ -18,15 +18,8 @@ from kernel.settings import Settings
 from kernel.slices import SliceError
 from tests.conftest import make_settings
 from tests.factories import assert_problem, make_user, serving
-from tests.kernel.helpers import (
-    FEATURES_DIR,
-    REPOSITORY,
-    forget_modules,
-    remove_slice_folder,
-    slice_folder,
-    unique_name,
-)
-from tests.servers import CliResult, cli_env, run_cli
+from tests.kernel.helpers import FEATURES_DIR, forget_modules, slice_folder, unique_name
+from tests.servers import cli_env, run_cli
 
 ANSWERING_SLICE = '''
 from fastapi import APIRouter
@@ -41,25 +34,15 @@ async def answer_{name}() -> dict[str, str]:
 '''
 
 
-@asynccontextmanager
-async def new_feature(name: str, cwd: Path) -> AsyncIterator[CliResult]:
-    """`userapi new-feature NAME`; whatever it wrote is removed afterwards."""
-    test_file = REPOSITORY / "tests" / "features" / f"test_{name}.py"
-    try:
-        yield await run_cli("new-feature", name, env=cli_env(), cwd=cwd)
-    finally:
-        test_file.unlink(missing_ok=True)
-        remove_slice_folder(FEATURES_DIR / name)
-
-
 @pytest.fixture
-def more_features(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
-    """A second folder of slices that the `features` package searches, for this test only."""
-    folder = tmp_path / "more_features"
-    folder.mkdir()
-    monkeypatch.setattr(features, "__path__", [*features.__path__, str(folder)])
-    yield folder
-    for child in folder.iterdir():
+def project(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
+    """An empty project root (features/, tests/features/) whose slices the app discovers."""
+    root = tmp_path / "project"
+    (root / "features").mkdir(parents=True)
+    (root / "tests" / "features").mkdir(parents=True)
+    monkeypatch.setattr(features, "__path__", [*features.__path__, str(root / "features")])
+    yield root
+    for child in (root / "features").iterdir():
         forget_modules(f"{features.__name__}.{child.name}")
 
 
@@ -75,30 +58,29 @@ def answering_slice(name: str, path: str) -> str:
 # --- userapi new-feature ----------------------------------------------------------------
 
 
-async def test_new_feature_copies_a_slice_and_its_test(tmp_path: Path) -> None:
+async def test_new_feature_copies_a_slice_and_its_test(project: Path) -> None:
     name = unique_name("kernel_probe")
 
-    async with new_feature(name, tmp_path) as result:
-        assert result.returncode == 0, result.stderr
-        slice_source = (FEATURES_DIR / name / "slice.py").read_text()
-        test_source = (REPOSITORY / "tests" / "features" / f"test_{name}.py").read_text()
+    result = await run_cli("new-feature", name, env=cli_env(), cwd=project)
 
+    assert result.returncode == 0, result.stderr
+    slice_source = (project / "features" / name / "slice.py").read_text()
+    test_source = (project / "tests" / "features" / f"test_{name}.py").read_text()
     assert '@router.get("/' + name.replace("_", "-") + '")' in slice_source
     assert f"def test_{name}_counts_active_users" in test_source
+    assert (project / "features" / name / "__init__.py").is_file()
 
 
 async def test_a_slice_made_by_new_feature_is_mounted_without_kernel_edits(
-    settings: Settings, tmp_path: Path
+    project: Path, settings: Settings
 ) -> None:
     name = unique_name("kernel_probe")
+    result = await run_cli("new-feature", name, env=cli_env(), cwd=project)
+    assert result.returncode == 0, result.stderr
 
-    async with new_feature(name, tmp_path) as result:
-        assert result.returncode == 0, result.stderr
-        # Only the slice matters here; its test must not linger for other runs to collect.
-        (REPOSITORY / "tests" / "features" / f"test_{name}.py").unlink()
-        async with serving(settings) as (_, http):
-            account = await make_user(http)
-            response = await http.get(f"/api/v1/{name.replace('_', '-')}", headers=account.headers)
+    async with serving(settings) as (_, http):
+        account = await make_user(http)
+        response = await http.get(f"/api/v1/{name.replace('_', '-')}", headers=account.headers)
 
     assert response.status_code == 200, response.text
     assert response.json() == {"active_users": 1}
@@ -106,22 +88,32 @@ async def test_a_slice_made_by_new_feature_is_mounted_without_kernel_edits(
 
 @pytest.mark.parametrize("name", ["Bad-Name", "9lives", "class", "with space"])
 async def test_new_feature_refuses_a_name_that_is_not_a_python_identifier(
-    tmp_path: Path, name: str
+    project: Path, name: str
 ) -> None:
-    async with new_feature(name, tmp_path) as result:
-        assert result.returncode == 1
-        assert len(result.stderr.strip().splitlines()) == 1, result.stderr
-        assert not (FEATURES_DIR / name).exists()
+    result = await run_cli("new-feature", name, env=cli_env(), cwd=project)
+
+    assert result.returncode == 1
+    assert len(result.stderr.strip().splitlines()) == 1, result.stderr
+    assert not (project / "features" / name).exists()
 
 
-async def test_new_feature_refuses_an_existing_slice(tmp_path: Path) -> None:
-    before = (FEATURES_DIR / "login" / "slice.py").read_text()
+async def test_new_feature_refuses_an_existing_slice(project: Path) -> None:
+    (project / "features" / "login").mkdir()
+    (project / "features" / "login" / "slice.py").write_text("# the real one\n")
 
-    result = await run_cli("new-feature", "login", env=cli_env(), cwd=tmp_path)
+    result = await run_cli("new-feature", "login", env=cli_env(), cwd=project)
 
     assert result.returncode == 1
     assert "already exists" in result.stderr
-    assert (FEATURES_DIR / "login" / "slice.py").read_text() == before
+    assert (project / "features" / "login" / "slice.py").read_text() == "# the real one\n"
+
+
+async def test_new_feature_outside_a_project_root_says_where_to_run_it(tmp_path: Path) -> None:
+    result = await run_cli("new-feature", "reset_password", env=cli_env(), cwd=tmp_path)
+
+    assert result.returncode == 1
+    assert "project root" in result.stderr
+    assert not (tmp_path / "features").exists()
 
 
 # --- loud on failure --------------------------------------------------------------------
@@ -136,6 +128,115 @@ def test_a_slice_without_an_api_router_stops_start_up(
     name = unique_name("routerless")
 
     with slice_folder(more_features, name, source), pytest.raises(SliceError, match=name):
+        create_app(offline_settings(tmp_path))
+
+
+def test_a_copied_slice_claiming_a_route_of_the_original_stops_start_up(
+    more_features: Path, tmp_path: Path
+) -> None:
+    # Mounted first (sorted by name), a copy of get_user would answer GET /users/me.
+    copy = unique_name("aaa_copy")
+    source = (FEATURES_DIR / "get_user" / "slice.py").read_text()
+
+    with (
+        slice_folder(more_features, copy, source),
+        pytest.raises(SliceError, match=f"GET /api/v1/users/me is claimed by slice {copy}"),
+    ):
+        create_app(offline_settings(tmp_path))
+
+
+def test_two_slices_on_one_method_and_path_stop_start_up_naming_both(
+    more_features: Path, tmp_path: Path
+) -> None:
+    suffix = unique_name("twice")
+    first, last = f"aa_{suffix}", f"zz_{suffix}"
+    path = suffix.replace("_", "-")
+
+    with (
+        slice_folder(more_features, last, answering_slice(last, path)),
+        slice_folder(more_features, first, answering_slice(f"{first}_other", path)),
+        pytest.raises(SliceError) as refused,
+    ):
+        create_app(offline_settings(tmp_path))
+
+    message = str(refused.value)
+    assert f"slice {first}" in message
+    assert f"slice {last}" in message
+    assert len(message.splitlines()) == 1
+
+
+def test_a_route_shadowed_by_a_path_parameter_stops_start_up(
+    more_features: Path, tmp_path: Path
+) -> None:
+    # PREFIX/{anything}, mounted first, would answer every request meant for PREFIX/literal.
+    suffix = unique_name("shadow")
+    first, last = f"aa_{suffix}", f"zz_{suffix}"
+    prefix = suffix.replace("_", "-")
+    catch_all = (
+        answering_slice(first, prefix + "/{anything}")
+        .replace(f"def answer_{first}", f"def answer_any_{first}")
+        .replace("() -> dict", "(anything: str) -> dict")
+    )
+
+    with (
+        slice_folder(more_features, first, catch_all),
+        slice_folder(more_features, last, answering_slice(last, f"{prefix}/literal")),
+        pytest.raises(SliceError, match=f"claimed by slice {first} and by slice {last}"),
+    ):
+        create_app(offline_settings(tmp_path))
+
+
+def test_two_slices_with_one_operation_id_stop_start_up_naming_both(
+    more_features: Path, tmp_path: Path
+) -> None:
+    suffix = unique_name("same_id")
+    first, last = f"aa_{suffix}", f"zz_{suffix}"
+    # Different paths, one function name: generated clients would get one method for two.
+    same_function = "answer_same"
+
+    with (
+        slice_folder(
+            more_features,
+            first,
+            answering_slice(first, f"{first}-a").replace(f"answer_{first}", same_function),
+        ),
+        slice_folder(
+            more_features,
+            last,
+            answering_slice(last, f"{last}-b").replace(f"answer_{last}", same_function),
+        ),
+        pytest.raises(
+            SliceError,
+            match=f"operation id 'answer_same' is used by slice {first} and by slice {last}",
+        ),
+    ):
+        create_app(offline_settings(tmp_path))
+
+
+def test_a_folder_without_init_stops_start_up(more_features: Path, tmp_path: Path) -> None:
+    name = unique_name("not_a_package")
+    (more_features / name).mkdir()
+    (more_features / name / "slice.py").write_text(answering_slice(name, name))
+
+    with pytest.raises(SliceError, match=f"{name} is not a package"):
+        create_app(offline_settings(tmp_path))
+
+
+def test_a_folder_without_slice_py_stops_start_up(more_features: Path, tmp_path: Path) -> None:
+    name = unique_name("no_slice")
+    (more_features / name).mkdir()
+    (more_features / name / "__init__.py").write_text("")
+    (more_features / name / "handlers.py").write_text(answering_slice(name, name))
+
+    with pytest.raises(SliceError, match=f"{name} has no slice.py"):
+        create_app(offline_settings(tmp_path))
+
+
+def test_a_stray_module_in_features_stops_start_up(more_features: Path, tmp_path: Path) -> None:
+    name = unique_name("stray")
+    (more_features / f"{name}.py").write_text(answering_slice(name, name))
+
+    with pytest.raises(SliceError, match=f"{name}.py: a slice is a folder holding slice.py"):
         create_app(offline_settings(tmp_path))
 
 
@@ -185,23 +286,6 @@ async def test_an_extra_slice_folder_is_mounted(more_features: Path, settings: S
 
     assert response.status_code == 200, response.text
     assert response.json() == {"slice": name}
-
-
-async def test_of_two_slices_on_one_path_the_first_by_name_answers(
-    more_features: Path, settings: Settings
-) -> None:
-    suffix = unique_name("order")
-    path = suffix.replace("_", "-")
-    last, first = f"zz_{suffix}", f"aa_{suffix}"  # created in reverse order on purpose
-
-    with (
-        slice_folder(more_features, last, answering_slice(last, path)),
-        slice_folder(more_features, first, answering_slice(first, path)),
-    ):
-        async with serving(settings) as (_, http):
-            response = await http.get(f"/api/v1/{path}")
-
-    assert response.json() == {"slice": first}
 
 
 async def test_slices_are_mounted_sorted_by_name(more_features: Path, settings: Settings) -> None:
