@@ -54,7 +54,7 @@ async def _migrate_standalone() -> None:
 def main() -> None:
     connection = context.config.attributes.get("connection")
     if connection is not None:
-        # Called from kernel.schema (userapi serve / migrate / tests).
+        # Called from kernel.migrations (userapi serve / migrate / tests).
         _migrate(connection)
         return
     if context.is_offline_mode():

@@ -20,7 +20,7 @@ import pytest
 from fastapi import FastAPI
 from sqlalchemy import text
 
-from kernel import schema
+from kernel import migrations
 from kernel.db import Database, metadata
 from kernel.settings import Settings, load_settings
 from kernel.slices import load_tables
@@ -69,7 +69,7 @@ async def _database(url: str) -> AsyncIterator[Database]:
 
 async def migrate(url: str) -> None:
     async with _database(url) as database:
-        await schema.upgrade(database)
+        await migrations.upgrade(database)
 
 
 @pytest.fixture(scope="session")

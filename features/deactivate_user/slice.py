@@ -2,29 +2,28 @@
 
 A soft delete: the row stays (the email stays taken), `is_active` becomes false and
 bumping `token_version` makes every access and refresh token of the user fail at once.
+Yourself: confirm with your current password (throttled like logins). Admins: anyone,
+no body needed.
 """
 
-import uuid
-
 from fastapi import APIRouter, Body
-from fastapi.exceptions import RequestValidationError
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from kernel.credentials import require_current_password
-from kernel.db import SessionDep
+from kernel.db import SessionDep, outside_transaction
+from kernel.deps import CurrentUser, GuessesDep, TargetUser
 from kernel.errors import (
     Forbidden,
     InvalidCurrentPassword,
+    InvalidInput,
     LastAdmin,
     ServerBusy,
     TooManyAttempts,
     UserNotFound,
     problem_responses,
 )
-from kernel.fields import CurrentPassword, StrictInput
-from kernel.passwords import PasswordHashing
-from kernel.security import Authorization, CurrentUser, PasswordsDep, SettingsDep
-from kernel.settings import Settings
+from kernel.fields import StrictInput
+from kernel.guesses import PasswordGuesses
+from kernel.passwords import CurrentPassword
 from kernel.users import PrivateUser, User, ensure_not_last_admin, lock_user
 
 router = APIRouter(tags=["users"])
@@ -35,43 +34,27 @@ class Deactivation(StrictInput):
 
 
 async def deactivate(
-    session: AsyncSession, *, authorized: Authorization, user_id: uuid.UUID
-) -> User:
-    user = await session.get(User, user_id)
-    if user is None:
-        raise UserNotFound()
-    await lock_user(session, user)
-    # A password check ran outside any transaction: the caller must still be authorized.
-    await authorized.recheck(session)
-    if not user.is_active:
-        return user  # idempotent: already done, nothing changes
-    await ensure_not_last_admin(session, user)
-    user.deactivate()
-    user.touch()
-    await session.flush()
-    return user
-
-
-async def _confirm_password(
     session: AsyncSession,
     *,
-    passwords: PasswordHashing,
-    settings: Settings,
-    user: User,
+    guesses: PasswordGuesses,
+    actor: User,
+    target: User,
     body: Deactivation | None,
-) -> None:
-    if body is None:
-        # The same answer as /users/me/deactivate gives a missing body.
-        raise RequestValidationError(
-            [{"loc": ("body", "current_password"), "msg": "Field required", "type": "missing"}]
-        )
-    await require_current_password(
-        session,
-        passwords=passwords,
-        settings=settings,
-        user=user,
-        password=body.current_password,
-    )
+) -> User:
+    if target.id == actor.id:
+        if body is None:
+            # The same answer as /users/me/deactivate gives a missing body.
+            raise InvalidInput.at(("body", "current_password"), "Field required", "missing")
+        async with outside_transaction(session):
+            await guesses.confirm(actor, body.current_password)
+    await lock_user(session, target)
+    if not target.is_active:
+        return target  # idempotent: already done, nothing changes
+    await ensure_not_last_admin(session, target)
+    target.deactivate()
+    target.touch()
+    await session.flush()
+    return target
 
 
 ERRORS = problem_responses(
@@ -81,33 +64,21 @@ ERRORS = problem_responses(
 
 @router.post("/users/me/deactivate", responses=ERRORS)
 async def deactivate_me_route(
-    body: Deactivation,
-    actor: CurrentUser,
-    session: SessionDep,
-    passwords: PasswordsDep,
-    settings: SettingsDep,
+    body: Deactivation, actor: CurrentUser, session: SessionDep, guesses: GuessesDep
 ) -> PrivateUser:
     """Deactivate your own account (confirm with your current password)."""
-    authorized = Authorization.of(actor)
-    await _confirm_password(session, passwords=passwords, settings=settings, user=actor, body=body)
-    return PrivateUser.of(await deactivate(session, authorized=authorized, user_id=actor.id))
+    user = await deactivate(session, guesses=guesses, actor=actor, target=actor, body=body)
+    return PrivateUser.of(user)
 
 
 @router.post("/users/{user_id}/deactivate", responses=ERRORS)
 async def deactivate_user_route(
-    user_id: uuid.UUID,
+    target: TargetUser,
     actor: CurrentUser,
     session: SessionDep,
-    passwords: PasswordsDep,
-    settings: SettingsDep,
+    guesses: GuessesDep,
     body: Deactivation | None = Body(default=None),
 ) -> PrivateUser:
     """Deactivate a user: administrators need no body; for yourself, confirm your password."""
-    authorized = Authorization.of(actor)
-    if user_id == actor.id:
-        await _confirm_password(
-            session, passwords=passwords, settings=settings, user=actor, body=body
-        )
-    elif not actor.is_superuser:
-        raise Forbidden("Only administrators may deactivate other users.")
-    return PrivateUser.of(await deactivate(session, authorized=authorized, user_id=user_id))
+    user = await deactivate(session, guesses=guesses, actor=actor, target=target, body=body)
+    return PrivateUser.of(user)

@@ -10,18 +10,17 @@ from fastapi import APIRouter, Response
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from kernel.db import SessionDep
+from kernel.deps import CurrentUser, may_manage
 from kernel.errors import UserNotFound, problem_responses
-from kernel.security import CurrentUser
-from kernel.users import PrivateUser, PublicUser, User, private_view
+from kernel.users import PrivateUser, PublicUser, User, private_view_with_etag
 
 router = APIRouter(tags=["users"])
 
 
 async def get_user(session: AsyncSession, viewer: User, user_id: uuid.UUID) -> User:
-    if user_id == viewer.id:
-        return viewer
-    user = await session.get(User, user_id)
-    if user is None or not (user.is_active or viewer.is_superuser):
+    user = viewer if user_id == viewer.id else await session.get(User, user_id)
+    # Deactivated accounts are hidden from everyone who may not manage them.
+    if user is None or not (user.is_active or may_manage(viewer, user_id)):
         raise UserNotFound()
     return user
 
@@ -29,7 +28,7 @@ async def get_user(session: AsyncSession, viewer: User, user_id: uuid.UUID) -> U
 @router.get("/users/me")
 async def get_me_route(user: CurrentUser, response: Response) -> PrivateUser:
     """Read your own account."""
-    return private_view(user, response)
+    return private_view_with_etag(user, response)
 
 
 @router.get("/users/{user_id}", responses=problem_responses(UserNotFound))
@@ -38,6 +37,6 @@ async def get_user_route(
 ) -> PrivateUser | PublicUser:
     """Read a user: the private view for yourself and admins, the public view otherwise."""
     user = await get_user(session, viewer, user_id)
-    if viewer.is_superuser or user.id == viewer.id:
-        return private_view(user, response)
+    if may_manage(viewer, user.id):
+        return private_view_with_etag(user, response)
     return PublicUser.of(user)

@@ -22,9 +22,9 @@ from sqlalchemy.sql import Select
 from sqlmodel import col
 
 from kernel.db import SessionDep
+from kernel.deps import AdminUser, SettingsDep
 from kernel.errors import Forbidden, ProblemError, problem_responses
 from kernel.fields import SafeText
-from kernel.security import AdminUser, SettingsDep
 from kernel.users import PrivateUser, User
 
 router = APIRouter(tags=["users"])

@@ -8,28 +8,30 @@ per-email throttling kept in the database; weaker stored hashes upgraded on succ
 from typing import Any
 
 from fastapi import APIRouter, Request, Response
-from fastapi.exceptions import RequestValidationError
 from pydantic import ValidationError
 from sqlalchemy import select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlmodel import col
 
-from kernel.credentials import check_password, hash_new_password
-from kernel.db import SessionDep
+from kernel.db import SessionDep, outside_transaction
+from kernel.deps import AccessTokensDep, GuessesDep, HashingDep, SettingsDep
 from kernel.errors import (
+    InvalidInput,
     ProblemError,
     ServerBusy,
     TooManyAttempts,
     UnsupportedMediaType,
     problem_responses,
+    validation_issues,
 )
-from kernel.fields import CurrentPassword, Email, StrictInput
-from kernel.passwords import PasswordHashing
-from kernel.security import AccessTokensDep, PasswordsDep, SettingsDep
+from kernel.fields import Email, StrictInput
+from kernel.guesses import PasswordGuesses
+from kernel.hashing import PasswordHashing
+from kernel.media_types import is_json, media_type
+from kernel.passwords import CurrentPassword
 from kernel.settings import Settings
 from kernel.tokens import NO_STORE_HEADERS, AccessTokens, TokenPair, issue_token_pair
-from kernel.transport import is_json, media_type
-from kernel.users import User
+from kernel.users import User, token_speaks_for
 
 router = APIRouter(tags=["auth"])
 FORM_MEDIA_TYPES = ("application/x-www-form-urlencoded", "multipart/form-data")
@@ -51,34 +53,35 @@ class AccountInactive(ProblemError):
 async def login(
     session: AsyncSession,
     *,
-    passwords: PasswordHashing,
+    guesses: PasswordGuesses,
+    hashing: PasswordHashing,
     access_tokens: AccessTokens,
     settings: Settings,
     credentials: Credentials,
 ) -> TokenPair:
     user = await session.scalar(select(User).where(col(User.email) == credentials.email))
-    # Throttled per email whether or not the account exists; an unknown email costs
-    # the same argon2 work as a wrong password.
-    if not await check_password(
-        session,
-        passwords=passwords,
-        settings=settings,
-        email=credentials.email,
-        stored_hash=user.password_hash if user else None,
-        password=credentials.password,
-    ):
+    seen_token_version = user.token_version if user else 0
+    async with outside_transaction(session):
+        # Throttled per email whether or not the account exists; an unknown email costs
+        # the same argon2 work as a wrong password.
+        matches = await guesses.check(
+            email=credentials.email,
+            stored_hash=user.password_hash if user else None,
+            password=credentials.password,
+        )
+    if not matches:
         raise InvalidCredentials()
     assert user is not None  # a password only matches an existing account's hash
-    # argon2 ran outside any transaction: read the account again before trusting it.
-    seen_token_version = user.token_version
-    await session.refresh(user)
+    await session.refresh(user)  # it may have changed while no transaction was open
     if not user.is_active:
         raise AccountInactive()
-    if user.token_version != seen_token_version:
+    if not token_speaks_for(user, seen_token_version):
         raise InvalidCredentials()  # the password changed while we were checking it
-    if passwords.needs_rehash(user.password_hash):
-        upgraded = await hash_new_password(session, passwords, credentials.password)
+    if hashing.needs_rehash(user.password_hash):
+        async with outside_transaction(session):
+            upgraded = await hashing.hash(credentials.password)
         # A plain UPDATE, not an ORM change: a rehash is invisible to clients (no new ETag).
+        # Conditional: a password changed meanwhile is not overwritten.
         await session.execute(
             update(User)
             .where(col(User.id) == user.id, col(User.password_hash) == user.password_hash)
@@ -99,17 +102,16 @@ async def _read_credentials(request: Request) -> Credentials:
         try:
             data = await request.json()
         except ValueError as error:
-            raise RequestValidationError(
-                [{"loc": ("body",), "msg": f"JSON decode error: {error}", "type": "json_invalid"}]
+            raise InvalidInput.at(
+                ("body",), f"JSON decode error: {error}", "json_invalid"
             ) from None
     else:
         raise UnsupportedMediaType("Send JSON or an OAuth2 password form.")
     try:
         return Credentials.model_validate(data)
     except ValidationError as error:
-        raise RequestValidationError(
-            [{**issue, "loc": ("body", *issue["loc"])} for issue in error.errors()]
-        ) from None
+        issues = [{**issue, "loc": ("body", *issue["loc"])} for issue in error.errors()]
+        raise InvalidInput(errors=validation_issues(issues)) from None
 
 
 @router.post(
@@ -130,7 +132,8 @@ async def login_route(
     request: Request,
     response: Response,
     session: SessionDep,
-    passwords: PasswordsDep,
+    guesses: GuessesDep,
+    hashing: HashingDep,
     access_tokens: AccessTokensDep,
     settings: SettingsDep,
 ) -> TokenPair:
@@ -139,7 +142,8 @@ async def login_route(
     response.headers.update(NO_STORE_HEADERS)
     return await login(
         session,
-        passwords=passwords,
+        guesses=guesses,
+        hashing=hashing,
         access_tokens=access_tokens,
         settings=settings,
         credentials=credentials,

@@ -10,9 +10,9 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from sqlmodel import col
 
 from kernel.db import SessionDep, utc_now
+from kernel.deps import AccessTokensDep, SettingsDep
 from kernel.errors import InvalidToken, problem_responses
 from kernel.fields import StrictInput
-from kernel.security import AccessTokensDep, SettingsDep
 from kernel.settings import Settings
 from kernel.tokens import (
     NO_STORE_HEADERS,
@@ -25,7 +25,7 @@ from kernel.tokens import (
     lock_family,
     revoke_family,
 )
-from kernel.users import User
+from kernel.users import User, token_speaks_for
 
 router = APIRouter(tags=["auth"])
 
@@ -78,7 +78,7 @@ async def refresh(
     if spent is None:
         raise InvalidToken()  # expired or revoked
     user = await session.get(User, spent.user_id)
-    if user is None or not user.is_active or user.token_version != spent.token_version:
+    if not token_speaks_for(user, spent.token_version):
         raise InvalidToken()
     return await issue_token_pair(
         session,

@@ -1,18 +1,14 @@
 """POST /api/v1/auth/register: create an account (API.md, "POST /api/v1/auth/register")."""
 
 from fastapi import APIRouter, Response
-from sqlalchemy.exc import IntegrityError
-from sqlalchemy.ext.asyncio import AsyncSession
 
-from kernel.credentials import hash_new_password
 from kernel.db import SessionDep
+from kernel.deps import HashingDep, SettingsDep
 from kernel.errors import EmailTaken, ServerBusy, problem_responses
-from kernel.fields import AvatarUrl, Bio, Email, Name, Password, StrictInput, check_new_password
-from kernel.passwords import PasswordHashing
-from kernel.security import PasswordsDep, SettingsDep
-from kernel.settings import Settings
+from kernel.fields import AvatarUrl, Bio, Email, Name, StrictInput
+from kernel.passwords import Password
 from kernel.slices import API_PREFIX
-from kernel.users import PrivateUser, User
+from kernel.users import PrivateUser, create_user
 
 router = APIRouter(tags=["auth"])
 
@@ -26,27 +22,6 @@ class Registration(StrictInput):
     avatar_url: AvatarUrl | None = None
 
 
-async def register(
-    session: AsyncSession, *, passwords: PasswordHashing, settings: Settings, form: Registration
-) -> User:
-    check_new_password(
-        form.password, email=form.email, min_length=settings.password_min_length, field="password"
-    )
-    # Hash before touching the database: no lock or connection is held during argon2.
-    password_hash = await hash_new_password(session, passwords, form.password)
-    user = User(
-        **form.model_dump(exclude={"password"}),
-        password_hash=password_hash,
-    )
-    session.add(user)
-    try:
-        # The unique constraint decides, so two concurrent registrations cannot both win.
-        await session.flush()
-    except IntegrityError:
-        raise EmailTaken() from None
-    return user
-
-
 @router.post(
     "/auth/register",
     status_code=201,
@@ -56,10 +31,15 @@ async def register_route(
     form: Registration,
     response: Response,
     session: SessionDep,
-    passwords: PasswordsDep,
+    hashing: HashingDep,
     settings: SettingsDep,
 ) -> PrivateUser:
     """Register a new account."""
-    user = await register(session, passwords=passwords, settings=settings, form=form)
+    user = await create_user(
+        session,
+        hashing=hashing,
+        min_password_length=settings.password_min_length,
+        **form.model_dump(),
+    )
     response.headers["Location"] = f"{API_PREFIX}/users/{user.id}"
     return PrivateUser.of(user)

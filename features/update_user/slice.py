@@ -6,7 +6,6 @@ current password, throttled like logins; admins may edit anyone and set `is_acti
 row is locked, `If-Match` is checked against it, and the change is applied.
 """
 
-import uuid
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Header, Response
@@ -14,8 +13,8 @@ from pydantic import Field
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from kernel.credentials import hash_new_password, require_current_password
-from kernel.db import SessionDep
+from kernel.db import SessionDep, outside_transaction
+from kernel.deps import CurrentUser, GuessesDep, HashingDep, SettingsDep, TargetUser
 from kernel.errors import (
     EmailTaken,
     Forbidden,
@@ -27,26 +26,17 @@ from kernel.errors import (
     UserNotFound,
     problem_responses,
 )
-from kernel.fields import (
-    AvatarUrl,
-    Bio,
-    CurrentPassword,
-    Email,
-    Name,
-    Password,
-    StrictInput,
-    check_new_password,
-)
-from kernel.passwords import PasswordHashing
-from kernel.security import Authorization, CurrentUser, PasswordsDep, SettingsDep
-from kernel.settings import Settings
+from kernel.fields import AvatarUrl, Bio, Email, Name, StrictInput
+from kernel.guesses import PasswordGuesses
+from kernel.hashing import PasswordHashing
+from kernel.passwords import CurrentPassword, Password, check_new_password
 from kernel.users import (
     PrivateUser,
     User,
     ensure_not_last_admin,
     etag,
     lock_user,
-    private_view,
+    private_view_with_etag,
 )
 
 router = APIRouter(tags=["users"])
@@ -91,39 +81,29 @@ def _needs_current_password(fields: set[str], update: UserUpdate) -> bool:
 async def update_user(
     session: AsyncSession,
     *,
-    passwords: PasswordHashing,
-    settings: Settings,
+    guesses: PasswordGuesses,
+    hashing: PasswordHashing,
+    min_password_length: int,
     actor: User,
     target: User,
     update: UserUpdate,
     if_match: str | None,
 ) -> User:
     _check_precondition(if_match, target)  # early, before any argon2 work
-    authorized = Authorization.of(actor)
     fields = update.model_fields_set - {"current_password"}
     if fields & ADMIN_ONLY and not actor.is_superuser:
         raise Forbidden("Only administrators may change is_active or is_superuser.")
-    if actor.id == target.id and _needs_current_password(fields, update):
-        await require_current_password(
-            session,
-            passwords=passwords,
-            settings=settings,
-            user=target,
-            password=update.current_password,
-        )
     changes: dict[str, Any] = {name: getattr(update, name) for name in fields - {"password"}}
     if "password" in fields:
-        check_new_password(
-            update.password,
-            email=changes.get("email", target.email),
-            min_length=settings.password_min_length,
-            field="password",
-        )
-        changes["password_hash"] = await hash_new_password(session, passwords, update.password)
+        new_email = changes.get("email", target.email)
+        check_new_password(update.password, email=new_email, min_length=min_password_length)
+    async with outside_transaction(session):
+        if actor.id == target.id and _needs_current_password(fields, update):
+            await guesses.confirm(target, update.current_password)
+        if "password" in fields:
+            changes["password_hash"] = await hashing.hash(update.password)
+    # Locked, and the caller confirmed under the lock; If-Match against the locked row.
     await lock_user(session, target)
-    # argon2 ran outside any transaction: the caller must still hold a live token (and
-    # be an admin, if they were), and If-Match is checked against the locked row.
-    await authorized.recheck(session)
     _check_precondition(if_match, target)
     changes = {name: value for name, value in changes.items() if getattr(target, name) != value}
     if not changes:
@@ -165,48 +145,48 @@ async def update_me_route(
     update: UserUpdate,
     actor: CurrentUser,
     session: SessionDep,
-    passwords: PasswordsDep,
+    guesses: GuessesDep,
+    hashing: HashingDep,
     settings: SettingsDep,
     response: Response,
     if_match: IfMatch = None,
 ) -> PrivateUser:
     """Update your own account."""
-    user = await update_user(
-        session,
-        passwords=passwords,
-        settings=settings,
-        actor=actor,
-        target=actor,
+    # The same as PATCH /users/{your id}.
+    return await update_user_route(
         update=update,
+        target=actor,
+        actor=actor,
+        session=session,
+        guesses=guesses,
+        hashing=hashing,
+        settings=settings,
+        response=response,
         if_match=if_match,
     )
-    return private_view(user, response)
 
 
 @router.patch("/users/{user_id}", responses=ERRORS)
 async def update_user_route(
-    user_id: uuid.UUID,
     update: UserUpdate,
+    target: TargetUser,
     actor: CurrentUser,
     session: SessionDep,
-    passwords: PasswordsDep,
+    guesses: GuessesDep,
+    hashing: HashingDep,
     settings: SettingsDep,
     response: Response,
     if_match: IfMatch = None,
 ) -> PrivateUser:
     """Update a user: yourself, or anyone if you are an administrator."""
-    if user_id != actor.id and not actor.is_superuser:
-        raise Forbidden("Only administrators may change other users.")
-    target = actor if user_id == actor.id else await session.get(User, user_id)
-    if target is None:
-        raise UserNotFound()
     user = await update_user(
         session,
-        passwords=passwords,
-        settings=settings,
+        guesses=guesses,
+        hashing=hashing,
+        min_password_length=settings.password_min_length,
         actor=actor,
         target=target,
         update=update,
         if_match=if_match,
     )
-    return private_view(user, response)
+    return private_view_with_etag(user, response)

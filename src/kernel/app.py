@@ -11,18 +11,19 @@ from sqlalchemy import text
 
 from kernel.db import Database
 from kernel.errors import DatabaseUnavailable, install_error_handlers, problem_responses
+from kernel.guesses import PasswordGuesses
+from kernel.hashing import PasswordHashing
+from kernel.media_types import require_declared_media_type
 from kernel.middleware import (
     BodyGuardMiddleware,
     ProblemCORSMiddleware,
     RequestContextMiddleware,
 )
+from kernel.migrations import current_revision, head_revision
 from kernel.openapi import install_openapi
-from kernel.passwords import PasswordHashing
-from kernel.schema import current_revision, head_revision
 from kernel.settings import Settings, load_settings
 from kernel.slices import mount_slices
 from kernel.tokens import AccessTokens
-from kernel.transport import require_declared_media_type
 
 log = logging.getLogger("userapi")
 
@@ -39,12 +40,12 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     # /ready asks Alembic for the revision; its per-call "Context impl" line is noise.
     logging.getLogger("alembic.runtime.migration").setLevel(logging.WARNING)
     database = Database(settings)
-    passwords = PasswordHashing(settings)
+    hashing = PasswordHashing(settings)
     schema_head = head_revision()
 
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
-        await passwords.warm_up()
+        await hashing.warm_up()
         yield
         await database.dispose()
 
@@ -63,7 +64,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     )
     app.state.settings = settings
     app.state.database = database
-    app.state.passwords = passwords
+    app.state.hashing = hashing
+    app.state.guesses = PasswordGuesses(database, hashing, settings)
     app.state.access_tokens = AccessTokens(settings)
 
     # Each add_middleware wraps the ones before it: the body guard is innermost, so its

@@ -1,4 +1,4 @@
-"""The `userapi` command: serve | migrate | create-admin | new-feature."""
+"""The `userapi` command: serve | migrate | create-admin | purge-expired | new-feature."""
 
 import argparse
 import asyncio
@@ -7,21 +7,23 @@ import os
 import re
 import sys
 from pathlib import Path
+from typing import NoReturn
 
 import uvicorn
-from fastapi.exceptions import RequestValidationError
 from pydantic import TypeAdapter, ValidationError
-from sqlalchemy.exc import IntegrityError
+from sqlalchemy import select
+from sqlmodel import col
 
-import features
-from kernel import schema
-from kernel.credentials import purge_expired_attempts
+from kernel import migrations
 from kernel.db import Database
-from kernel.fields import Email, Name, Password, check_new_password
-from kernel.passwords import PasswordHashing
+from kernel.errors import EmailTaken, InvalidInput, ProblemError
+from kernel.fields import Email, Name
+from kernel.guesses import purge_expired_attempts
+from kernel.hashing import PasswordHashing
+from kernel.passwords import Password
 from kernel.settings import Settings, load_settings
 from kernel.tokens import purge_expired_refresh_tokens
-from kernel.users import User
+from kernel.users import User, create_user
 
 SCAFFOLD = Path(__file__).resolve().parent / "scaffold"
 _SLICE_NAME = re.compile(r"^[a-z][a-z0-9_]{0,62}$")
@@ -34,7 +36,7 @@ class CommandError(Exception):
 async def _migrate(settings: Settings) -> None:
     database = Database(settings)
     try:
-        await schema.upgrade(database)
+        await migrations.upgrade(database)
     finally:
         await database.dispose()
 
@@ -77,49 +79,61 @@ def _validated(adapter: TypeAdapter[str], value: str, what: str) -> str:
 
 
 async def _create_admin(settings: Settings, args: argparse.Namespace, password: str) -> User:
-    email = args.email
-    email = _validated(TypeAdapter(Email), email, "email")
+    email = _validated(TypeAdapter(Email), args.email, "email")
     password = _validated(TypeAdapter(Password), password, "password")
-    try:
-        check_new_password(
-            password, email=email, min_length=settings.password_min_length, field="password"
-        )
-    except RequestValidationError as error:
-        raise CommandError(f"invalid password: {error.errors()[0]['msg']}") from None
-    passwords = PasswordHashing(settings)
-    admin = User(
-        email=email,
-        password_hash=await passwords.hash(password),
-        first_name=_validated(TypeAdapter(Name), args.first_name, "first name"),
-        last_name=_validated(TypeAdapter(Name), args.last_name, "last name"),
-        is_superuser=True,
-    )
+    first_name = _validated(TypeAdapter(Name), args.first_name, "first name")
+    last_name = _validated(TypeAdapter(Name), args.last_name, "last name")
     database = Database(settings)
     try:
         if settings.auto_migrate:
-            await schema.upgrade(database)
+            await migrations.upgrade(database)
         async with database.session() as session:
-            session.add(admin)
-            await session.flush()
-    except IntegrityError:
-        raise CommandError(f"{email} is already registered") from None
+            admin = await create_user(
+                session,
+                hashing=PasswordHashing(settings),
+                min_password_length=settings.password_min_length,
+                email=email,
+                password=password,
+                first_name=first_name,
+                last_name=last_name,
+                is_superuser=True,
+            )
+    except EmailTaken:
+        raise CommandError(f"{email} is already registered (promote it with --promote)") from None
     finally:
         await database.dispose()
     return admin
 
 
-def _new_feature(name: str) -> list[Path]:
+async def _promote(settings: Settings, email: str) -> User:
+    email = _validated(TypeAdapter(Email), email, "email")
+    database = Database(settings)
+    try:
+        async with database.session() as session:
+            user = await session.scalar(select(User).where(col(User.email) == email))
+            if user is None:
+                raise CommandError(f"no account is registered as {email}")
+            user.is_superuser = True
+            user.touch()
+            return user
+    finally:
+        await database.dispose()
+
+
+def _new_feature(name: str, root: Path) -> list[Path]:
+    """Copy the scaffold into ROOT/features/NAME and ROOT/tests/features (ROOT: the project)."""
     if not _SLICE_NAME.match(name) or keyword.iskeyword(name):
         raise CommandError(f"invalid feature name {name!r}: use snake_case, like reset_password")
-    target = Path(features.__path__[0]) / name
+    if not (root / "features").is_dir():
+        raise CommandError(f"{root} has no features/ folder: run this from the project root")
+    target = root / "features" / name
     if target.exists():
         raise CommandError(f"{target} already exists")
-    test_file = target.parent.parent / "tests" / "features" / f"test_{name}.py"
     written = []
     target.mkdir()
     for source, destination in (
         (SCAFFOLD / "slice.py.tmpl", target / "slice.py"),
-        (SCAFFOLD / "test_slice.py.tmpl", test_file),
+        (SCAFFOLD / "test_slice.py.tmpl", root / "tests" / "features" / f"test_{name}.py"),
     ):
         if destination.parent.is_dir() and not destination.exists():
             text = source.read_text()
@@ -146,14 +160,20 @@ def _parser() -> argparse.ArgumentParser:
     commands.add_parser(
         "purge-expired", help="delete expired refresh tokens and other expired rows"
     )
-    admin = commands.add_parser("create-admin", help="create an administrator account")
-    admin.add_argument("--email", required=True)
+    admin = commands.add_parser(
+        "create-admin", help="create an administrator account, or promote an existing one"
+    )
+    target = admin.add_mutually_exclusive_group(required=True)
+    target.add_argument("--email", help="the new administrator's email")
+    target.add_argument("--promote", metavar="EMAIL", help="make this existing account an admin")
     admin.add_argument(
         "--password", help="default: the USERAPI_ADMIN_PASSWORD environment variable"
     )
     admin.add_argument("--first-name", default="Admin")
     admin.add_argument("--last-name", default="User")
-    feature = commands.add_parser("new-feature", help="copy the slice template to features/NAME")
+    feature = commands.add_parser(
+        "new-feature", help="copy the slice template to features/NAME (run it in the project root)"
+    )
     feature.add_argument("name")
     return parser
 
@@ -162,7 +182,7 @@ def main(argv: list[str] | None = None) -> None:
     args = _parser().parse_args(argv)
     try:
         if args.command == "new-feature":
-            for path in _new_feature(args.name):
+            for path in _new_feature(args.name, Path.cwd()):
                 print(f"created {path}")
             return
         settings = load_settings()
@@ -170,16 +190,29 @@ def main(argv: list[str] | None = None) -> None:
             _serve(args, settings)
         elif args.command == "migrate":
             asyncio.run(_migrate(settings))
-            print(f"database at {schema.head_revision()}")
+            print(f"database at {migrations.head_revision()}")
         elif args.command == "purge-expired":
             for name, count in asyncio.run(_purge_expired(settings)).items():
                 print(f"{count} expired {name} deleted")
+        elif args.command == "create-admin" and args.promote:
+            admin = asyncio.run(_promote(settings, args.promote))
+            state = "" if admin.is_active else " (deactivated: reactivate it to sign in)"
+            print(f"promoted {admin.email} ({admin.id}) to admin{state}")
         elif args.command == "create-admin":
             password = args.password or os.environ.get("USERAPI_ADMIN_PASSWORD", "")
             if not password:
                 raise CommandError("give --password or set USERAPI_ADMIN_PASSWORD")
             admin = asyncio.run(_create_admin(settings, args, password))
             print(f"created admin {admin.email} ({admin.id})")
+    except InvalidInput as error:
+        issue = error.errors[0] if error.errors else None
+        _fail(f"invalid {issue.loc[-1]}: {issue.msg}" if issue else error.message)
+    except ProblemError as error:  # email_taken, database_unavailable, ...
+        _fail(error.message)
     except CommandError as error:
-        print(f"userapi: {error}", file=sys.stderr)
-        raise SystemExit(1) from None
+        _fail(str(error))
+
+
+def _fail(message: str) -> NoReturn:
+    print(f"userapi: {message}", file=sys.stderr)
+    raise SystemExit(1)

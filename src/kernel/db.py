@@ -1,6 +1,13 @@
-"""The async engine, the per-request session and the column types both databases share."""
+"""The async engine, the per-request session and where its transaction ends.
 
-from collections.abc import AsyncIterator
+The kernel owns the transaction: a request's session commits when the route returns
+(before the response is sent) and rolls back when it raises. A handler never commits.
+The one exception is named: `outside_transaction(session)`, for slow work (argon2) that
+must not hold a database lock or connection while it runs.
+"""
+
+import logging
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from datetime import UTC, datetime
 from pathlib import Path
@@ -15,10 +22,11 @@ from sqlalchemy.ext.asyncio import (
     async_sessionmaker,
     create_async_engine,
 )
+from sqlalchemy.orm import ORMExecuteState, Session
 from sqlalchemy.types import TypeDecorator
 from sqlmodel import SQLModel
 
-from kernel.errors import ProblemError
+from kernel.errors import RETRY_AFTER_OUTAGE, DatabaseUnavailable, ProblemError
 from kernel.settings import Settings, SettingsError
 
 # Stable constraint names on both databases, so migrations can name what they drop.
@@ -33,6 +41,7 @@ metadata: MetaData = SQLModel.metadata
 
 SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
 SQLITE_BUSY_TIMEOUT_MS = 30_000
+log = logging.getLogger("userapi.db")
 
 
 def utc_now() -> datetime:
@@ -83,6 +92,22 @@ def _configure_sqlite(engine: AsyncEngine) -> None:
         connection.exec_driver_sql(f"BEGIN {mode}")
 
 
+def _refuse_unreachable(engine: AsyncEngine) -> None:
+    """A server that cannot be reached is an outage (503), told apart from any other OSError.
+
+    asyncpg raises the socket's own error (refused, reset, DNS failure, timeout) when
+    it connects; only here do we know that such an error came from the database.
+    """
+
+    @event.listens_for(engine.sync_engine, "do_connect")
+    def _connect(dialect: Dialect, _: Any, cargs: Any, cparams: Any) -> Any:
+        try:
+            return dialect.connect(*cargs, **cparams)
+        except OSError as error:
+            log.warning("database unreachable: %s", type(error).__name__)
+            raise DatabaseUnavailable(headers=RETRY_AFTER_OUTAGE) from error
+
+
 class Database:
     """Engines and session factories; built in create_app, never at import time."""
 
@@ -110,9 +135,14 @@ class Database:
                     "command_timeout": settings.db_timeout_seconds * 6,
                 },
             )
+            _refuse_unreachable(self.engine)
             writer = self.engine
-        self._readers = async_sessionmaker(self.engine, expire_on_commit=False)
-        self._writers = async_sessionmaker(writer, expire_on_commit=False)
+        self._readers = async_sessionmaker(
+            self.engine, expire_on_commit=False, sync_session_class=_TrackedSession
+        )
+        self._writers = async_sessionmaker(
+            writer, expire_on_commit=False, sync_session_class=_TrackedSession
+        )
 
     @asynccontextmanager
     async def session(self, *, writes: bool = True) -> AsyncIterator[AsyncSession]:
@@ -140,6 +170,70 @@ class Database:
 
 def dialect_name(session: AsyncSession) -> str:
     return session.get_bind().dialect.name
+
+
+# --- transactions: where they end --------------------------------------------------------
+
+_WROTE = "userapi.wrote"
+_RECHECKS = "userapi.rechecks"
+
+
+class _TrackedSession(Session):
+    """A session that knows whether its transaction has written anything yet."""
+
+
+@event.listens_for(_TrackedSession, "before_flush")
+def _on_flush(session: Session, *_: Any) -> None:
+    if session.new or session.dirty or session.deleted:
+        session.info[_WROTE] = True
+
+
+@event.listens_for(_TrackedSession, "do_orm_execute")
+def _on_execute(state: ORMExecuteState) -> None:
+    if state.is_insert or state.is_update or state.is_delete:
+        state.session.info[_WROTE] = True
+
+
+@event.listens_for(_TrackedSession, "after_commit")
+@event.listens_for(_TrackedSession, "after_rollback")
+def _on_end(session: Session) -> None:
+    session.info.pop(_WROTE, None)
+
+
+def recheck_on_resume(
+    session: AsyncSession, check: Callable[[AsyncSession], Awaitable[None]]
+) -> None:
+    """Have every `outside_transaction` block of this request end with `check`.
+
+    What a request read before the block may have changed while no transaction was
+    open; the kernel registers here the checks every request needs (the caller's token
+    still speaks for them), so no slice can forget them.
+    """
+    session.info.setdefault(_RECHECKS, []).append(check)
+
+
+@asynccontextmanager
+async def outside_transaction(session: AsyncSession) -> AsyncIterator[None]:
+    """Run the block with no transaction open: for slow work such as argon2.
+
+    A transaction would hold SQLite's database-wide write lock (every writer begins
+    IMMEDIATE), or a pooled PostgreSQL connection, for the whole hash. So the request's
+    transaction, which may only have read so far, ends here; loaded objects stay usable.
+    Writes before the block would be committed half-done, so they are refused. After the
+    block the next statement begins a new transaction: the registered rechecks run first,
+    and anything else read before must be read again (under a lock, if it decides a write).
+    """
+    if session.info.get(_WROTE):
+        raise RuntimeError("outside_transaction() after a write: do the slow work first")
+    await session.commit()  # ends a transaction that has only read
+    yield
+    await run_rechecks(session)
+
+
+async def run_rechecks(session: AsyncSession) -> None:
+    """The checks registered by recheck_on_resume, now (see kernel.users.lock_user)."""
+    for check in session.info.get(_RECHECKS, ()):
+        await check(session)
 
 
 def _ensure_sqlite_folder(url: str, setting: str) -> None:

@@ -1,22 +1,25 @@
-"""Who is calling: the dependency aliases every protected route names in its signature."""
+"""The dependency aliases routes name in their signatures: who calls, on whom, with what.
 
-from dataclasses import dataclass
+Authenticated is the default: every route outside the public list (register, login,
+refresh, logout, health, ready, docs) names `CurrentUser`, `AdminUser` or `TargetUser`,
+and a kernel test fails when one does not.
+"""
+
+import uuid
 from typing import Annotated
 
 from fastapi import Depends, Request
 from fastapi.security import OAuth2PasswordBearer
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from kernel.db import SessionDep
-from kernel.errors import Forbidden, InvalidToken, NotAuthenticated
-from kernel.passwords import PasswordHashing
+from kernel.db import SessionDep, recheck_on_resume
+from kernel.errors import Forbidden, InvalidToken, NotAuthenticated, UserNotFound
+from kernel.guesses import PasswordGuesses
+from kernel.hashing import PasswordHashing
 from kernel.settings import Settings
+from kernel.slices import LOGIN_PATH
 from kernel.tokens import AccessTokens
-from kernel.users import User
-
-# The one route the kernel names: OAuth2's password flow must point at a token URL, and
-# API.md fixes it. Everything else about login lives in its slice.
-LOGIN_PATH = "/api/v1/auth/login"
+from kernel.users import User, token_speaks_for
 
 # auto_error=False: a missing token is our own 401 problem, not FastAPI's {"detail"}.
 _bearer = OAuth2PasswordBearer(tokenUrl=LOGIN_PATH, auto_error=False)
@@ -27,9 +30,14 @@ def _settings(request: Request) -> Settings:
     return settings
 
 
-def _passwords(request: Request) -> PasswordHashing:
-    passwords: PasswordHashing = request.app.state.passwords
-    return passwords
+def _hashing(request: Request) -> PasswordHashing:
+    hashing: PasswordHashing = request.app.state.hashing
+    return hashing
+
+
+def _guesses(request: Request) -> PasswordGuesses:
+    guesses: PasswordGuesses = request.app.state.guesses
+    return guesses
 
 
 def _access_tokens(request: Request) -> AccessTokens:
@@ -38,7 +46,8 @@ def _access_tokens(request: Request) -> AccessTokens:
 
 
 SettingsDep = Annotated[Settings, Depends(_settings)]
-PasswordsDep = Annotated[PasswordHashing, Depends(_passwords)]
+HashingDep = Annotated[PasswordHashing, Depends(_hashing)]
+GuessesDep = Annotated[PasswordGuesses, Depends(_guesses)]
 AccessTokensDep = Annotated[AccessTokens, Depends(_access_tokens)]
 
 
@@ -53,8 +62,20 @@ async def _current_user(
     # One primary-key lookup: deactivation and password change bump token_version,
     # so an older token fails here at once, in every process.
     user = await session.get(User, claims.user_id)
-    if user is None or not user.is_active or user.token_version != claims.token_version:
+    if not token_speaks_for(user, claims.token_version):
         raise InvalidToken()
+    was_admin = user.is_superuser
+
+    async def still_authorized(session: AsyncSession) -> None:
+        # After slow work outside a transaction: the token may have been revoked, or
+        # the admin demoted, while the request waited.
+        await session.refresh(user)
+        if not token_speaks_for(user, claims.token_version):
+            raise InvalidToken()
+        if was_admin and not user.is_superuser:
+            raise Forbidden("You are no longer an administrator.")
+
+    recheck_on_resume(session, still_authorized)
     return user
 
 
@@ -64,29 +85,26 @@ async def _admin_user(user: Annotated[User, Depends(_current_user)]) -> User:
     return user
 
 
-@dataclass(frozen=True)
-class Authorization:
-    """What a request was authorized on, to confirm after slow work outside a transaction.
+def may_manage(caller: User, user_id: uuid.UUID) -> bool:
+    """The one rule for acting on an account: your own, or anyone's if you are an admin."""
+    return caller.id == user_id or caller.is_superuser
 
-    A handler that releases its transaction for argon2 (kernel.credentials) must not act
-    on a token revoked, or an admin demoted, while it waited.
-    """
 
-    user: User
-    token_version: int
-    is_superuser: bool
-
-    @classmethod
-    def of(cls, user: User) -> "Authorization":
-        return cls(user=user, token_version=user.token_version, is_superuser=user.is_superuser)
-
-    async def recheck(self, session: AsyncSession) -> None:
-        await session.refresh(self.user)
-        if not self.user.is_active or self.user.token_version != self.token_version:
-            raise InvalidToken()
-        if self.is_superuser and not self.user.is_superuser:
-            raise Forbidden("You are no longer an administrator.")
+async def _target_user(
+    user_id: uuid.UUID, caller: Annotated[User, Depends(_current_user)], session: SessionDep
+) -> User:
+    if not may_manage(caller, user_id):
+        raise Forbidden("Only administrators may act on other users.")
+    if user_id == caller.id:
+        return caller
+    user = await session.get(User, user_id)
+    if user is None:
+        raise UserNotFound()
+    return user
 
 
 CurrentUser = Annotated[User, Depends(_current_user)]
 AdminUser = Annotated[User, Depends(_admin_user)]
+# The `{user_id}` of the path: yourself, or for admins anyone (403 forbidden for others,
+# 404 user_not_found for an unknown id).
+TargetUser = Annotated[User, Depends(_target_user)]

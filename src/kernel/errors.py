@@ -44,10 +44,27 @@ class ProblemError(Exception):
     # True when the request's writes so far must be committed despite the error.
     keeps_changes: ClassVar[bool] = False
 
-    def __init__(self, detail: str | None = None, *, headers: Mapping[str, str] | None = None):
+    def __init__(
+        self,
+        detail: str | None = None,
+        *,
+        headers: Mapping[str, str] | None = None,
+        errors: Sequence[ValidationIssue] | None = None,
+    ):
         super().__init__(detail or self.detail)
         self.message = detail or self.detail
         self.headers = dict(headers or {})
+        self.errors = list(errors) if errors else None
+
+
+class InvalidInput(ProblemError):
+    """422 with the `errors` list: what schema validation says, and rules it cannot state."""
+
+    status, code, detail = 422, "validation_error", "The request is not valid."
+
+    @classmethod
+    def at(cls, loc: Sequence[str | int], msg: str, kind: str) -> "InvalidInput":
+        return cls(errors=[ValidationIssue(loc=list(loc), msg=msg, type=kind)])
 
 
 class NotAuthenticated(ProblemError):
@@ -96,6 +113,9 @@ class ServerBusy(ProblemError):
 
 class DatabaseUnavailable(ProblemError):
     status, code, detail = 503, "database_unavailable", "The database is unavailable."
+
+
+RETRY_AFTER_OUTAGE = {"Retry-After": "5"}
 
 
 # Codes for errors raised by the framework itself rather than by a slice.
@@ -147,18 +167,21 @@ def validation_issues(errors: Sequence[Any]) -> list[ValidationIssue]:
     ]
 
 
-def validation_problem(issues: Sequence[ValidationIssue]) -> Response:
-    return problem_response(422, "validation_error", "The request is not valid.", errors=issues)
+def render(error: ProblemError) -> Response:
+    """The one renderer: a ProblemError as application/problem+json."""
+    return problem_response(
+        error.status, error.code, error.message, headers=error.headers, errors=error.errors
+    )
 
 
 async def _on_problem(_: Request, error: Exception) -> Response:
     assert isinstance(error, ProblemError)
-    return problem_response(error.status, error.code, error.message, headers=error.headers)
+    return render(error)
 
 
 async def _on_validation(_: Request, error: Exception) -> Response:
     assert isinstance(error, RequestValidationError)
-    return validation_problem(validation_issues(error.errors()))
+    return render(InvalidInput(errors=validation_issues(error.errors())))
 
 
 def _allowed_methods(request: Request, first_match: str) -> str:
@@ -183,8 +206,7 @@ async def _on_http(request: Request, error: Exception) -> Response:
 
 async def _on_stale(_: Request, __: Exception) -> Response:
     # A concurrent writer bumped the row's version between our read and our update.
-    error = PreconditionFailed()
-    return problem_response(error.status, error.code, error.message)
+    return render(PreconditionFailed())
 
 
 # SQLSTATE classes that mean "the database is not there for us right now": connection
@@ -193,16 +215,25 @@ async def _on_stale(_: Request, __: Exception) -> Response:
 _OUTAGE_SQLSTATE_CLASSES = ("08", "53", "55", "57")
 
 
+# SQLite reports a missing table and a locked file alike as OperationalError: only
+# these mean that the database itself is not there for us.
+_SQLITE_OUTAGE_MESSAGES = ("database is locked", "unable to open", "disk i/o error")
+
+
 def _is_outage(error: Exception) -> bool:
-    if isinstance(error, sa_exc.DBAPIError):
-        if error.connection_invalidated:
-            return True
-        if isinstance(error, (sa_exc.OperationalError, sa_exc.InterfaceError)):
-            return True
-        sqlstate = getattr(error.orig, "sqlstate", None) or ""
-        return str(sqlstate)[:2] in _OUTAGE_SQLSTATE_CLASSES
-    # OSError: refused, reset, unreachable, and DNS failures (socket.gaierror) alike.
-    return isinstance(error, (sa_exc.TimeoutError, OSError))
+    if isinstance(error, sa_exc.TimeoutError):
+        return True  # no pooled connection came free in DB_TIMEOUT_SECONDS
+    if not isinstance(error, sa_exc.DBAPIError):
+        return False
+    if error.connection_invalidated or isinstance(error, sa_exc.InterfaceError):
+        return True
+    sqlstate = str(getattr(error.orig, "sqlstate", None) or "")
+    if sqlstate:
+        return sqlstate[:2] in _OUTAGE_SQLSTATE_CLASSES
+    if isinstance(error, sa_exc.OperationalError):
+        message = str(error.orig).lower()
+        return not message or any(part in message for part in _SQLITE_OUTAGE_MESSAGES)
+    return False
 
 
 async def _on_database_error(request: Request, error: Exception) -> Response:
@@ -212,10 +243,7 @@ async def _on_database_error(request: Request, error: Exception) -> Response:
         log.error("database error request_id=%s", request_id, exc_info=error)
         return problem_response(500, "internal_error", ProblemError.detail)
     log.warning("database unavailable: %s request_id=%s", type(error).__name__, request_id)
-    unavailable = DatabaseUnavailable()
-    return problem_response(
-        unavailable.status, unavailable.code, unavailable.message, headers={"Retry-After": "5"}
-    )
+    return render(DatabaseUnavailable(headers=RETRY_AFTER_OUTAGE))
 
 
 def install_error_handlers(app: FastAPI) -> None:
@@ -223,7 +251,9 @@ def install_error_handlers(app: FastAPI) -> None:
     app.add_exception_handler(RequestValidationError, _on_validation)
     app.add_exception_handler(StarletteHTTPException, _on_http)
     app.add_exception_handler(StaleDataError, _on_stale)
-    for database_error in (sa_exc.DBAPIError, sa_exc.TimeoutError, OSError):
+    # Database errors only: any other exception (an OSError reading a file, say) is a
+    # bug, answered 500 and logged with its traceback by the middleware.
+    for database_error in (sa_exc.DBAPIError, sa_exc.TimeoutError):
         app.add_exception_handler(database_error, _on_database_error)
 
 

@@ -79,6 +79,15 @@ class PasswordHashing:
         async with self.slot() as slot:
             return await slot.hash(password)
 
+    @property
+    def slots_busy(self) -> int:
+        return int(self._slots.borrowed_tokens)
+
+    @property
+    def requests_waiting(self) -> int:
+        """Requests queued for a slot right now."""
+        return self._slots.statistics().tasks_waiting
+
     def needs_rehash(self, stored_hash: str) -> bool:
         try:
             return self._hasher.check_needs_rehash(stored_hash)

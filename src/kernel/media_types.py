@@ -1,4 +1,4 @@
-"""Content negotiation for request bodies: a body in a type the route does not take is a 415."""
+"""Request media types: a body in a type the route does not take is a 415."""
 
 from fastapi import Request
 from fastapi.routing import APIRoute

@@ -21,8 +21,8 @@ from starlette.datastructures import Headers
 from starlette.responses import Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from kernel.errors import ValidationIssue, problem_response, validation_problem
-from kernel.transport import is_json, media_type
+from kernel.errors import InvalidInput, problem_response, render
+from kernel.media_types import is_json, media_type
 
 MAX_BODY_BYTES = 64 * 1024
 MAX_REQUEST_ID_LENGTH = 200
@@ -163,8 +163,9 @@ class BodyGuardMiddleware:
                 return  # nobody is left to answer
             reason = _json_problem(body) if body and is_json(media_type(headers)) else None
             if reason:
-                issue = ValidationIssue(loc=["body"], msg=reason, type="json_invalid")
-                await validation_problem([issue])(scope, receive, send)
+                await render(InvalidInput.at(["body"], reason, "json_invalid"))(
+                    scope, receive, send
+                )
                 return
             await self.app(scope, _replay(body, receive), tracking_send)
         except Exception:

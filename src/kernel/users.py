@@ -3,17 +3,20 @@
 import hashlib
 import uuid
 from datetime import UTC, datetime
-from typing import Annotated, Any, Self
+from typing import Annotated, Any, Self, TypeGuard
 
 from fastapi import Response
 from pydantic import BaseModel, PlainSerializer, WithJsonSchema
 from sqlalchemy import Index, event, func, select
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import declared_attr
 from sqlmodel import Field, SQLModel, col
 
-from kernel.db import UTCDateTime, dialect_name, utc_now
-from kernel.errors import LastAdmin
+from kernel.db import UTCDateTime, dialect_name, outside_transaction, run_rechecks, utc_now
+from kernel.errors import EmailTaken, LastAdmin
+from kernel.hashing import PasswordHashing
+from kernel.passwords import check_new_password
 
 
 def _rfc3339(moment: datetime) -> str:
@@ -76,6 +79,15 @@ class User(SQLModel, table=True):
         self.revoke_tokens()
 
 
+def token_speaks_for(user: User | None, token_version: int) -> TypeGuard[User]:
+    """The one rule for every token: it still speaks for its user.
+
+    The user exists, is active, and nothing has revoked their tokens since this one was
+    issued (deactivation and password change bump token_version).
+    """
+    return user is not None and user.is_active and user.token_version == token_version
+
+
 def _search_key(user: User) -> str:
     return SEARCH_SEPARATOR.join((user.email, user.first_name, user.last_name)).casefold()
 
@@ -128,20 +140,25 @@ def etag(user: User) -> str:
     return f'"{digest}"'
 
 
-def private_view(user: User, response: Response) -> PrivateUser:
-    """The private view, with the ETag that a later If-Match can send back."""
+def private_view_with_etag(user: User, response: Response) -> PrivateUser:
+    """The private view, and its ETag set on the response for a later If-Match."""
     response.headers["ETag"] = etag(user)
     return PrivateUser.of(user)
 
 
 async def lock_user(session: AsyncSession, user: User) -> None:
     """Reload the user's row and lock it until the transaction ends (PostgreSQL; SQLite's
-    writers already hold the database lock), so concurrent changes queue, not clash."""
+    writers already hold the database lock), so concurrent changes queue, not clash.
+
+    Then the caller is confirmed once more: a change decided under the lock must not act
+    for a token revoked since the request began (on your own row, the lock now holds it).
+    """
     # refresh(), not get(populate_existing): a row whose version moved on since it was
     # first loaded is simply reloaded, rather than reported as a stale version.
     # FOR NO KEY UPDATE: it still lets the user's refresh tokens be inserted meanwhile
     # (their foreign key check takes only a key-share lock).
     await session.refresh(user, with_for_update={"key_share": True})
+    await run_rechecks(session)
 
 
 async def ensure_not_last_admin(session: AsyncSession, user: User) -> None:
@@ -159,3 +176,39 @@ async def ensure_not_last_admin(session: AsyncSession, user: User) -> None:
     )
     if not others:
         raise LastAdmin()
+
+
+async def create_user(
+    session: AsyncSession,
+    *,
+    hashing: PasswordHashing,
+    min_password_length: int,
+    email: str,
+    password: str,
+    first_name: str,
+    last_name: str,
+    bio: str | None = None,
+    avatar_url: str | None = None,
+    is_superuser: bool = False,
+) -> User:
+    """A new account (register, `userapi create-admin`): 422 for a rejected password,
+    409 email_taken when the address is registered already."""
+    check_new_password(password, email=email, min_length=min_password_length)
+    async with outside_transaction(session):
+        password_hash = await hashing.hash(password)
+    user = User(
+        email=email,
+        password_hash=password_hash,
+        first_name=first_name,
+        last_name=last_name,
+        bio=bio,
+        avatar_url=avatar_url,
+        is_superuser=is_superuser,
+    )
+    session.add(user)
+    try:
+        # The unique constraint decides, so two concurrent registrations cannot both win.
+        await session.flush()
+    except IntegrityError:
+        raise EmailTaken() from None
+    return user

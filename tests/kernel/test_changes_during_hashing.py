@@ -1,8 +1,11 @@
-"""argon2 runs outside any transaction; what changes meanwhile is honoured, not overwritten.
+"""argon2 runs outside any transaction (kernel.db.outside_transaction).
 
-Each test makes a request wait for the single hashing slot (other logins hold it), and
-while it waits an admin deactivates the account. When the waiting request resumes it
-must see the deactivation: its stale token is refused, its login is refused.
+What that buys: a request hashing a password holds no database lock, so other writers go
+on meanwhile (on SQLite every writer takes the database-wide write lock up front).
+What it costs, and how the kernel pays it: anything can change while the hash runs, so
+the caller is confirmed again afterwards; a token revoked meanwhile is refused.
+
+Each test waits on the hashing slots' own state (busy, queued), never on a fixed sleep.
 """
 
 import asyncio
@@ -11,39 +14,78 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+from fastapi import FastAPI
 
+from kernel.hashing import PasswordHashing
+from kernel.settings import Settings
 from tests.conftest import make_settings
-from tests.factories import Account, assert_problem, make_admin, make_user, serving
+from tests.factories import Account, assert_problem, make_admin, make_user, register, serving
+from tests.kernel.helpers import wait_until
 
-# One slot and real argon2 cost, so requests queue for hashing.
-SLOW_ONE_SLOT = {
-    "hash_concurrency": 1,
-    "hash_wait_seconds": 60,
-    "argon2_time_cost": 3,
-    "argon2_memory_kib": 64 * 1024,
-    "login_max_failures": 1000,
-}
-QUEUED_AHEAD = 3
 NEW_PASSWORD = "a completely new passphrase"
+QUEUED_AHEAD = 3
+
+
+def one_slow_slot(database_url: str, data_dir: Path) -> Settings:
+    """One hashing slot at a cost high enough (64 MiB, t=6) that a queue forms behind it."""
+    return make_settings(
+        database_url,
+        data_dir,
+        hash_concurrency=1,
+        hash_wait_seconds=120,
+        argon2_time_cost=6,
+        argon2_memory_kib=64 * 1024,
+        login_max_failures=1000,
+    )
+
+
+def hashing(app: FastAPI) -> PasswordHashing:
+    slots: PasswordHashing = app.state.hashing
+    return slots
+
+
+def login(client: httpx.AsyncClient, account: Account) -> Coroutine[Any, Any, httpx.Response]:
+    body = {"email": account.email, "password": account.password}
+    return client.post("/api/v1/auth/login", json=body)
+
+
+async def test_other_writers_go_on_while_a_login_is_hashing(
+    database_url: str, tmp_path: Path
+) -> None:
+    async with serving(one_slow_slot(database_url, tmp_path)) as (app, client):
+        writer = await make_user(client)
+        someone = await register(client)
+        hashing_login = asyncio.create_task(login(client, someone))
+        await wait_until(lambda: hashing(app).slots_busy == 1)
+
+        written = await client.patch(
+            "/api/v1/users/me", json={"bio": "written meanwhile"}, headers=writer.headers
+        )
+        login_still_hashing = not hashing_login.done()
+        logged_in = await hashing_login
+
+    assert written.status_code == 200, written.text
+    assert logged_in.status_code == 200, logged_in.text
+    # The write did not wait for the hash: no lock was held while it ran.
+    assert login_still_hashing
 
 
 async def queued_behind_a_deactivation(
+    app: FastAPI,
     client: httpx.AsyncClient,
     admin: Account,
     victim: Account,
     request: Coroutine[Any, Any, httpx.Response],
 ) -> httpx.Response:
     """Send `request` while the hashing slot is busy; deactivate `victim` while it queues."""
-    body = {"email": admin.email, "password": admin.password}
-    ahead = [
-        asyncio.create_task(client.post("/api/v1/auth/login", json=body))
-        for _ in range(QUEUED_AHEAD)
-    ]
-    await asyncio.sleep(0.05)  # let them take the slot first
+    ahead = [asyncio.create_task(login(client, admin)) for _ in range(QUEUED_AHEAD)]
+    await wait_until(lambda: hashing(app).requests_waiting == QUEUED_AHEAD - 1)
     queued = asyncio.create_task(request)
-    await asyncio.sleep(0.05)  # the request is now queued for hashing
+    await wait_until(lambda: hashing(app).requests_waiting == QUEUED_AHEAD)
     deactivated = await client.post(f"/api/v1/users/{victim.id}/deactivate", headers=admin.headers)
     assert deactivated.status_code == 200
+    # The deactivation landed while the request still waited for its hash.
+    assert not queued.done()
     response = await queued
     await asyncio.gather(*ahead)
     return response
@@ -52,7 +94,7 @@ async def queued_behind_a_deactivation(
 async def test_a_password_change_queued_behind_a_deactivation_is_refused(
     database_url: str, tmp_path: Path
 ) -> None:
-    async with serving(make_settings(database_url, tmp_path, **SLOW_ONE_SLOT)) as (app, client):
+    async with serving(one_slow_slot(database_url, tmp_path)) as (app, client):
         admin = await make_admin(client, app)
         victim = await make_user(client)
         change = client.patch(
@@ -60,10 +102,8 @@ async def test_a_password_change_queued_behind_a_deactivation_is_refused(
             headers=victim.headers,
             json={"password": NEW_PASSWORD, "current_password": victim.password},
         )
-        changed = await queued_behind_a_deactivation(client, admin, victim, change)
-        old_password = await client.post(
-            "/api/v1/auth/login", json={"email": victim.email, "password": victim.password}
-        )
+        changed = await queued_behind_a_deactivation(app, client, admin, victim, change)
+        old_password = await login(client, victim)
 
     assert_problem(changed, 401, "invalid_token")
     # The password stayed as it was: the old one is still right (for an inactive account).
@@ -73,12 +113,43 @@ async def test_a_password_change_queued_behind_a_deactivation_is_refused(
 async def test_a_login_queued_behind_a_deactivation_is_refused(
     database_url: str, tmp_path: Path
 ) -> None:
-    async with serving(make_settings(database_url, tmp_path, **SLOW_ONE_SLOT)) as (app, client):
+    async with serving(one_slow_slot(database_url, tmp_path)) as (app, client):
         admin = await make_admin(client, app)
         victim = await make_user(client)
-        login = client.post(
-            "/api/v1/auth/login", json={"email": victim.email, "password": victim.password}
+        logged_in = await queued_behind_a_deactivation(
+            app, client, admin, victim, login(client, victim)
         )
-        logged_in = await queued_behind_a_deactivation(client, admin, victim, login)
 
     assert_problem(logged_in, 403, "account_inactive")
+
+
+async def test_an_admin_demoted_while_queued_cannot_act_as_one(
+    database_url: str, tmp_path: Path
+) -> None:
+    async with serving(one_slow_slot(database_url, tmp_path)) as (app, client):
+        admin = await make_admin(client, app)
+        other_admin = await make_admin(client, app)
+        victim = await make_user(client)
+        # An admin's change that needs a hash (a new password for the victim) waits for
+        # the slot; meanwhile another admin demotes them. Admin status is checked again
+        # after the hash, so the change is refused and nothing of it is applied.
+        ahead = [asyncio.create_task(login(client, other_admin)) for _ in range(QUEUED_AHEAD)]
+        await wait_until(lambda: hashing(app).requests_waiting == QUEUED_AHEAD - 1)
+        queued = asyncio.create_task(
+            client.patch(
+                f"/api/v1/users/{victim.id}",
+                headers=admin.headers,
+                json={"password": NEW_PASSWORD, "is_active": False},
+            )
+        )
+        await wait_until(lambda: hashing(app).requests_waiting == QUEUED_AHEAD)
+        demoted = await client.patch(
+            f"/api/v1/users/{admin.id}", headers=other_admin.headers, json={"is_superuser": False}
+        )
+        assert demoted.status_code == 200, demoted.text
+        refused = await queued
+        await asyncio.gather(*ahead)
+        victim_now = await client.get(f"/api/v1/users/{victim.id}", headers=other_admin.headers)
+
+    assert_problem(refused, 403, "forbidden")
+    assert victim_now.json()["is_active"] is True

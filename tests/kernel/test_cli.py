@@ -14,7 +14,7 @@ import pytest
 
 from kernel.settings import Settings
 from tests.conftest import make_settings
-from tests.factories import Account, assert_problem, login, serving
+from tests.factories import Account, assert_problem, login, register, serving
 from tests.kernel.conftest import EmptyDatabase
 from tests.servers import USERAPI, CliResult, cli_env, free_port, run_cli
 
@@ -130,6 +130,45 @@ async def test_create_admin_without_a_password_exits_with_one_line(
     assert result.returncode == 1
     assert len(result.stderr.strip().splitlines()) == 1, result.stderr
     assert "USERAPI_ADMIN_PASSWORD" in result.stderr
+
+
+async def test_create_admin_promote_makes_a_registered_user_an_admin(
+    empty_database: EmptyDatabase, tmp_path: Path
+) -> None:
+    migrated = await run_cli(
+        "migrate", env=cli_env(DATABASE_URL=empty_database.operator_url), cwd=tmp_path
+    )
+    assert migrated.returncode == 0, migrated.stderr
+    async with serving(app_settings(empty_database, tmp_path)) as (_, http):
+        account = await register(http, email="later-admin@example.com")
+        before = await http.get("/api/v1/users", headers=(await login(http, account)).headers)
+
+        result = await run_cli(
+            "create-admin",
+            "--promote",
+            "Later-Admin@Example.com",
+            env=cli_env(DATABASE_URL=empty_database.operator_url),
+            cwd=tmp_path,
+        )
+        after = await http.get("/api/v1/users", headers=account.headers)
+
+    assert result.returncode == 0, result.stderr
+    assert_problem(before, 403, "forbidden")
+    assert after.status_code == 200, after.text
+    assert after.json()["items"][0]["is_superuser"] is True
+
+
+async def test_create_admin_promote_of_an_unknown_email_exits_with_one_line(
+    empty_database: EmptyDatabase, tmp_path: Path
+) -> None:
+    env = cli_env(DATABASE_URL=empty_database.operator_url)
+    assert (await run_cli("migrate", env=env, cwd=tmp_path)).returncode == 0
+
+    result = await run_cli("create-admin", "--promote", "nobody@example.com", env=env, cwd=tmp_path)
+
+    assert result.returncode == 1
+    assert len(result.stderr.strip().splitlines()) == 1, result.stderr
+    assert "nobody@example.com" in result.stderr
 
 
 # --- migrate ----------------------------------------------------------------------------

@@ -15,7 +15,7 @@ import pytest
 from kernel.middleware import MAX_BODY_BYTES
 from tests.conftest import make_settings
 from tests.factories import assert_problem, make_user, registration, serving
-from tests.kernel.helpers import FEATURES_DIR, slice_folder, unique_name
+from tests.kernel.helpers import slice_folder, unique_name
 
 ALLOWED = "https://app.example.com"
 DISALLOWED = "https://evil.example.net"
@@ -27,7 +27,7 @@ FAILING_SLICE = '''
 
 from fastapi import APIRouter
 
-from kernel.security import CurrentUser
+from kernel.deps import CurrentUser
 
 router = APIRouter()
 
@@ -93,11 +93,13 @@ async def test_a_401_carries_cors_headers_and_exposes_www_authenticate(
     assert "www-authenticate" in exposed(response)
 
 
-async def test_an_unexpected_500_carries_cors_headers(database_url: str, tmp_path: Path) -> None:
+async def test_an_unexpected_500_carries_cors_headers(
+    database_url: str, tmp_path: Path, more_features: Path
+) -> None:
     name = unique_name("kernel_cors_failing_probe")
     path = name.replace("_", "-")
     settings = make_settings(database_url, tmp_path, cors_origins=[ALLOWED])
-    with slice_folder(FEATURES_DIR, name, FAILING_SLICE.replace("{path}", path)):
+    with slice_folder(more_features, name, FAILING_SLICE.replace("{path}", path)):
         async with serving(settings) as (_, client):
             headers = (await make_user(client)).headers | {"Origin": ALLOWED}
             response = await client.get(f"/api/v1/{path}", headers=headers)

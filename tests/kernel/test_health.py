@@ -5,7 +5,7 @@ from pathlib import Path
 import httpx
 from fastapi import FastAPI
 
-from kernel import schema
+from kernel import migrations
 from kernel.db import Database
 from tests.conftest import make_settings
 from tests.factories import assert_problem, serving
@@ -30,12 +30,12 @@ async def test_ready_is_503_when_the_schema_is_behind_the_newest_migration(
     client: httpx.AsyncClient, app: FastAPI
 ) -> None:
     database: Database = app.state.database
-    await schema.downgrade(database, "base")
+    await migrations.downgrade(database, "base")
     try:
         response = await client.get("/ready")
     finally:
         # PostgreSQL's test database is shared by the session: put the schema back.
-        await schema.upgrade(database)
+        await migrations.upgrade(database)
 
     assert_problem(response, 503, "database_unavailable")
 

@@ -9,7 +9,7 @@ from alembic.runtime.migration import MigrationContext
 from sqlalchemy import inspect
 from sqlalchemy.engine import Connection
 
-from kernel import schema
+from kernel import migrations
 from kernel.db import Database, metadata
 from kernel.settings import load_settings
 from kernel.slices import load_tables
@@ -48,15 +48,15 @@ async def tables(database: Database) -> set[str]:
 
 
 async def test_upgrading_an_empty_database_gives_exactly_the_models(database: Database) -> None:
-    await schema.upgrade(database)
+    await migrations.upgrade(database)
 
     assert await differences(database) == []
 
 
 async def test_upgrade_records_the_newest_revision(database: Database) -> None:
-    await schema.upgrade(database)
+    await migrations.upgrade(database)
 
-    assert await schema.current_revision(database) == schema.head_revision()
+    assert await migrations.current_revision(database) == migrations.head_revision()
 
 
 async def test_the_models_have_tables(database: Database) -> None:
@@ -65,29 +65,29 @@ async def test_the_models_have_tables(database: Database) -> None:
 
 
 async def test_downgrade_to_base_leaves_only_alembic_version(database: Database) -> None:
-    await schema.upgrade(database)
+    await migrations.upgrade(database)
 
-    await schema.downgrade(database, "base")
+    await migrations.downgrade(database, "base")
 
     assert await tables(database) == {"alembic_version"}
-    assert await schema.current_revision(database) is None
+    assert await migrations.current_revision(database) is None
 
 
 async def test_upgrading_again_after_downgrade_gives_exactly_the_models(
     database: Database,
 ) -> None:
-    await schema.upgrade(database)
-    await schema.downgrade(database, "base")
+    await migrations.upgrade(database)
+    await migrations.downgrade(database, "base")
 
-    await schema.upgrade(database)
+    await migrations.upgrade(database)
 
     assert await differences(database) == []
-    assert await schema.current_revision(database) == schema.head_revision()
+    assert await migrations.current_revision(database) == migrations.head_revision()
 
 
 async def test_upgrading_twice_is_harmless(database: Database) -> None:
-    await schema.upgrade(database)
+    await migrations.upgrade(database)
 
-    await schema.upgrade(database)
+    await migrations.upgrade(database)
 
     assert await differences(database) == []

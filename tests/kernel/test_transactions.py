@@ -2,7 +2,7 @@
 
 API.md "Limits": a 2xx is sent only after its change is committed.
 
-A probe slice, written into features/ for the test and removed afterwards, adds a user and
+A probe slice, in a temporary folder of slices, adds a user and
 then a row of a probe table whose foreign key to users is DEFERRABLE INITIALLY DEFERRED, on
 both databases. Pointing that row at a user that does not exist lets every statement and
 flush succeed; only COMMIT fails. Pointing it at the new user commits normally (the control).
@@ -12,6 +12,7 @@ import sys
 import uuid
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -23,7 +24,7 @@ from kernel.db import Database
 from kernel.settings import Settings
 from kernel.users import User
 from tests.factories import Account, assert_problem, make_user, registration, serving
-from tests.kernel.helpers import FEATURES_DIR, slice_folder, unique_name
+from tests.kernel.helpers import slice_folder, unique_name
 
 PROBE_SLICE = '''
 """Probe for tests/kernel/test_transactions.py: writes whose foreign key is checked at commit."""
@@ -33,8 +34,8 @@ import uuid
 from fastapi import APIRouter
 from sqlalchemy import Uuid, bindparam, text
 
-from kernel.db import SessionDep
-from kernel.security import CurrentUser
+from kernel.db import SessionDep, outside_transaction
+from kernel.deps import CurrentUser
 from kernel.users import User
 
 router = APIRouter()
@@ -54,6 +55,18 @@ async def probe(_: CurrentUser, session: SessionDep, email: str, dangling: bool)
     await session.execute(statement, {{"user_id": uuid.uuid4() if dangling else user.id}})
     await session.flush()
     handled.append(email)
+    return {{"email": email}}
+
+
+@router.post("/{path}/slow-work-after-a-write", status_code=201)
+async def slow_work_after_a_write(
+    _: CurrentUser, session: SessionDep, email: str
+) -> dict[str, str]:
+    """Write, then leave the transaction for slow work: half a request would be committed."""
+    session.add(User(email=email, password_hash="unused", first_name="Probe", last_name="Probe"))
+    await session.flush()
+    async with outside_transaction(session):
+        pass
     return {{"email": email}}
 '''
 
@@ -105,7 +118,7 @@ async def _execute(database: Database, statement: str) -> None:
 
 
 @pytest.fixture
-async def probe(settings: Settings) -> AsyncIterator[Probe]:
+async def probe(settings: Settings, more_features: Path) -> AsyncIterator[Probe]:
     name = unique_name("kernel_commit_probe")
     table = f"{name}_rows"
     database = Database(settings)
@@ -113,7 +126,7 @@ async def probe(settings: Settings) -> AsyncIterator[Probe]:
     await _execute(database, PROBE_TABLE[dialect].format(table=table))
     source = PROBE_SLICE.format(path=name.replace("_", "-"), table=table)
     try:
-        with slice_folder(FEATURES_DIR, name, source):
+        with slice_folder(more_features, name, source):
             async with serving(settings) as (_, http):
                 yield Probe(
                     path=f"/api/v1/{name.replace('_', '-')}",
@@ -181,3 +194,20 @@ async def test_a_failed_commit_reveals_no_sql(probe: Probe) -> None:
     body = response.text.casefold()
     for leak in ("insert", "foreign key", probe.table, "traceback", "integrityerror"):
         assert leak not in body
+
+
+async def test_slow_work_outside_the_transaction_after_a_write_is_refused_and_undone(
+    probe: Probe,
+) -> None:
+    email = new_email()
+
+    response = await probe.http.post(
+        f"{probe.path}/slow-work-after-a-write",
+        params={"email": email},
+        headers=probe.caller.headers,
+    )
+
+    # outside_transaction() would have committed the write half-way: it refuses instead,
+    # and the whole request rolls back.
+    assert_problem(response, 500, "internal_error")
+    assert await probe.users_with(email) == 0
