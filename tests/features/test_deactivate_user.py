@@ -64,26 +64,6 @@ async def test_self_deactivation_without_a_password_returns_422(
     assert (await client.get("/api/v1/users/me", headers=user.headers)).status_code == 200
 
 
-async def test_unknown_field_in_the_body_returns_422(
-    client: httpx.AsyncClient, user: Account
-) -> None:
-    body = {"current_password": user.password, "reason": "bored"}
-
-    response = await client.post("/api/v1/users/me/deactivate", headers=user.headers, json=body)
-
-    assert_problem(response, 422, "validation_error")
-
-
-async def test_non_json_body_returns_415(client: httpx.AsyncClient, user: Account) -> None:
-    response = await client.post(
-        "/api/v1/users/me/deactivate",
-        headers=user.headers | {"Content-Type": "application/x-www-form-urlencoded"},
-        content=f"current_password={user.password}".encode(),
-    )
-
-    assert_problem(response, 415, "unsupported_media_type")
-
-
 async def test_after_self_deactivation_the_access_token_returns_401_invalid_token(
     client: httpx.AsyncClient, user: Account
 ) -> None:
