@@ -400,12 +400,6 @@ async def test_nul_or_lone_surrogate_returns_422_and_changes_nothing(
     assert await me(client, user) == user.record
 
 
-async def test_malformed_id_returns_422(client: httpx.AsyncClient, admin: Account) -> None:
-    response = await patch(client, admin, {"bio": "x"}, target="not-a-uuid")
-
-    assert_problem(response, 422, "validation_error")
-
-
 async def test_concurrent_unconditional_updates_all_succeed(
     client: httpx.AsyncClient, user: Account
 ) -> None:
