@@ -265,25 +265,9 @@ async def test_login_rehashes_a_password_hashed_with_weaker_parameters(
     assert "m=16,t=2," in stored
 
 
-@pytest.mark.parametrize("content_type", ["text/plain", "application/xml"])
-async def test_login_with_an_unsupported_content_type_returns_415(
-    client: httpx.AsyncClient, content_type: str
-) -> None:
-    account = await register(client)
-
-    response = await client.post(
-        LOGIN,
-        content=f'{{"email": "{account.email}", "password": "{account.password}"}}'.encode(),
-        headers={"Content-Type": content_type},
-    )
-
-    assert_problem(response, 415, "unsupported_media_type")
-
-
 @pytest.mark.parametrize(
     ("content", "content_type"),
     [
-        pytest.param(b'{"email": "a@example.com", "password": ', "application/json", id="bad-json"),
         pytest.param(b"[]", "application/json", id="json-array"),
         pytest.param(b'["a@example.com", "pw"]', "application/json", id="json-list"),
         pytest.param(b'"a@example.com"', "application/json", id="json-string"),

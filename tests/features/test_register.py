@@ -307,34 +307,6 @@ async def test_register_without_a_required_field_returns_422(
     assert_problem(response, 422, "validation_error")
 
 
-async def test_register_with_malformed_json_returns_422(client: httpx.AsyncClient) -> None:
-    response = await client.post(
-        REGISTER,
-        content=b'{"email": "a@example.com",',
-        headers={"Content-Type": "application/json"},
-    )
-
-    assert_problem(response, 422, "validation_error")
-
-
-@pytest.mark.parametrize(
-    "content_type", ["text/plain", "application/x-www-form-urlencoded", "application/xml"]
-)
-async def test_register_with_a_non_json_content_type_returns_415(
-    client: httpx.AsyncClient, content_type: str
-) -> None:
-    email = new_email()
-
-    response = await client.post(
-        REGISTER,
-        content=f"email={email}&password=x&first_name=A&last_name=B".encode(),
-        headers={"Content-Type": content_type},
-    )
-
-    assert_problem(response, 415, "unsupported_media_type")
-    await assert_email_still_free(client, email)
-
-
 async def test_concurrent_registrations_of_one_email_yield_one_201_and_409s(
     client: httpx.AsyncClient,
 ) -> None:
