@@ -115,7 +115,9 @@ def mount_slices(app: FastAPI) -> None:
         for route in module.router.routes:
             if isinstance(route, APIRoute):
                 operation_id = route.operation_id or app.router.generate_unique_id_function(route)
-                claims.add(frozenset(route.methods or ()), API_PREFIX + route.path, operation_id, owner)
+                claims.add(
+                    frozenset(route.methods or ()), API_PREFIX + route.path, operation_id, owner
+                )
         app.include_router(module.router, prefix=API_PREFIX)
     # Which methods each path takes: a 405 must list all of them in Allow, and two
     # slices may share a path (GET and PATCH /users/me).
