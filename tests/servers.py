@@ -29,6 +29,7 @@ START_TIMEOUT_SECONDS = 120.0
 STOP_TIMEOUT_SECONDS = 30.0
 PORT_ATTEMPTS = 3
 LOG_TAIL_LINES = 40
+ESTABLISHED, LISTEN = "01", "0A"  # TCP states as /proc/net/tcp writes them
 
 
 class ProcessError(AssertionError):
@@ -119,6 +120,32 @@ class Server:
     def log_report(self) -> str:
         heading = f"--- {self.describe()}: last lines of {self.log_path} ---"
         return f"{heading}\n{log_tail(self.log_path)}"
+
+    @property
+    def port(self) -> int:
+        return int(self.base_url.rsplit(":", 1)[1])
+
+    def has_read_everything_sent(self) -> bool:
+        """Whether every byte sent to this server has reached it and been read by it:
+        each connection accepted, and no request still waiting in a socket.
+
+        Read from the kernel's TCP table (Linux /proc/net/tcp): on the server's side of
+        each connection the receive queue is empty, and on the client's side every byte
+        sent is acknowledged. Where there is no such table this says True.
+        """
+        table = Path("/proc/net/tcp")
+        if not table.exists():
+            return True
+        for line in table.read_text().splitlines()[1:]:
+            _, local, remote, state, queues, *_ = line.split()
+            unsent, unread = (int(count, 16) for count in queues.split(":"))
+            local_port, remote_port = (int(end.rsplit(":", 1)[1], 16) for end in (local, remote))
+            # A listening socket's "unread" counts the connections not yet accepted.
+            if local_port == self.port and state in {LISTEN, ESTABLISHED} and unread:
+                return False
+            if remote_port == self.port and state == ESTABLISHED and unsent:
+                return False
+        return True
 
     async def wait_exit(self) -> int:
         try:
