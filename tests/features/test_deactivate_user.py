@@ -226,7 +226,7 @@ async def test_own_id_with_the_right_password_deactivates(
     assert response.json()["is_active"] is False
 
 
-@pytest.mark.parametrize("target", ["me", str(uuid.uuid4())])
+@pytest.mark.parametrize("target", ["me", pytest.param(str(uuid.uuid4()), id="random-id")])
 async def test_anonymous_returns_401_not_authenticated(
     client: httpx.AsyncClient, target: str
 ) -> None:

@@ -150,7 +150,13 @@ async def test_malformed_id_returns_422(
     assert problem["errors"]
 
 
-@pytest.mark.parametrize("path", ["/api/v1/users/me", f"/api/v1/users/{uuid.uuid4()}"])
+@pytest.mark.parametrize(
+    "path",
+    [
+        "/api/v1/users/me",
+        pytest.param(f"/api/v1/users/{uuid.uuid4()}", id="/api/v1/users/random-id"),
+    ],
+)
 async def test_anonymous_request_returns_401_not_authenticated(
     client: httpx.AsyncClient, path: str
 ) -> None:
@@ -159,7 +165,13 @@ async def test_anonymous_request_returns_401_not_authenticated(
     assert_problem(response, 401, "not_authenticated")
 
 
-@pytest.mark.parametrize("path", ["/api/v1/users/me", f"/api/v1/users/{uuid.uuid4()}"])
+@pytest.mark.parametrize(
+    "path",
+    [
+        "/api/v1/users/me",
+        pytest.param(f"/api/v1/users/{uuid.uuid4()}", id="/api/v1/users/random-id"),
+    ],
+)
 async def test_garbage_bearer_token_returns_401_invalid_token(
     client: httpx.AsyncClient, path: str
 ) -> None:

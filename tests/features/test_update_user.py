@@ -432,7 +432,7 @@ async def test_malformed_json_returns_422(client: httpx.AsyncClient, user: Accou
     assert_problem(response, 422, "validation_error")
 
 
-@pytest.mark.parametrize("target", ["me", str(uuid.uuid4())])
+@pytest.mark.parametrize("target", ["me", pytest.param(str(uuid.uuid4()), id="random-id")])
 async def test_anonymous_returns_401_not_authenticated(
     client: httpx.AsyncClient, target: str
 ) -> None:
