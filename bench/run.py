@@ -31,6 +31,7 @@ import httpx
 RESULTS = Path(__file__).resolve().parent / "results"
 USERAPI = str(Path(sys.executable).parent / "userapi")
 PASSWORD = "benchmark passphrase 2026"
+START_TIMEOUT_SECONDS = 120.0
 
 
 def _free_port() -> int:
@@ -62,24 +63,36 @@ class Server:
         if database_url:
             environment["DATABASE_URL"] = database_url
         environment.setdefault("LOG_LEVEL", "WARNING")
-        self.process = subprocess.Popen(
-            [USERAPI, "serve", "--port", str(self.port)],
-            cwd=workdir,
-            env=environment,
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-        )
+        self.log_path = workdir / "serve.log"
+        with self.log_path.open("wb") as log:
+            self.process = subprocess.Popen(
+                [USERAPI, "serve", "--port", str(self.port)],
+                cwd=workdir,
+                env=environment,
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+            )
+
+    def log_tail(self, lines: int = 40) -> str:
+        text = self.log_path.read_bytes().decode("utf-8", "replace").rstrip()
+        return "\n".join(text.splitlines()[-lines:]) or "(nothing)"
 
     async def wait_ready(self) -> None:
-        async with httpx.AsyncClient() as client:
-            for _ in range(300):
-                try:
-                    if (await client.get(f"{self.base}/ready")).status_code == 200:
-                        return
-                except httpx.TransportError:
-                    pass
-                await asyncio.sleep(0.1)
-        raise RuntimeError("server did not become ready")
+        """Until /ready answers 200; at once if the server exits, with its log either way."""
+        try:
+            async with asyncio.timeout(START_TIMEOUT_SECONDS), httpx.AsyncClient() as client:
+                while self.process.poll() is None:
+                    try:
+                        if (await client.get(f"{self.base}/ready")).status_code == 200:
+                            return
+                    except httpx.TransportError:
+                        pass
+                    await asyncio.sleep(0.1)
+            why = f"exited with status {self.process.returncode}"
+        except TimeoutError:
+            why = f"did not become ready within {START_TIMEOUT_SECONDS:.0f} s"
+        raise RuntimeError(f"userapi serve {why}; the end of its log:\n{self.log_tail()}")
 
     def stop(self) -> None:
         self.process.send_signal(signal.SIGTERM)
@@ -223,10 +236,12 @@ async def _admin_token(
         email,
         cwd=workdir,
         env=env,
-        stdout=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
     )
-    if await asyncio.wait_for(creating.wait(), timeout=120) != 0:
-        raise RuntimeError("userapi create-admin failed")
+    output, _ = await asyncio.wait_for(creating.communicate(), timeout=120)
+    if creating.returncode != 0:
+        raise RuntimeError(f"userapi create-admin failed:\n{output.decode(errors='replace')}")
     response = await client.post(
         f"{server.base}/api/v1/auth/login", json={"email": email, "password": PASSWORD}
     )

@@ -1,7 +1,7 @@
 """Every test runs twice, on SQLite and on PostgreSQL, against the real app over HTTP.
 
 Isolation: SQLite gets a fresh copy of a migrated database file per test; PostgreSQL
-gets one migrated database per test session, truncated before each test. Both commit
+gets one migrated database per test session, emptied before each test. Both commit
 for real, so concurrency tests see what production would.
 """
 
@@ -18,7 +18,6 @@ import asyncpg
 import httpx
 import pytest
 from fastapi import FastAPI
-from sqlalchemy import text
 
 from kernel import migrations
 from kernel.db import Database, metadata
@@ -104,14 +103,23 @@ def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
         return f"sqlite+aiosqlite:///{copy}"
     url: str = request.getfixturevalue("postgres_database")
     load_tables()
-    tables = ", ".join(f'"{table.name}"' for table in metadata.sorted_tables)
-    asyncio.run(_truncate(url, tables))
+    asyncio.run(_empty(url, [table.name for table in reversed(metadata.sorted_tables)]))
     return url
 
 
-async def _truncate(url: str, tables: str) -> None:
-    async with _database(url) as database, database.engine.begin() as connection:
-        await connection.execute(text(f"TRUNCATE {tables} CASCADE"))
+async def _empty(url: str, tables: list[str]) -> None:
+    """Delete every row, referencing tables first, on one plain connection.
+
+    The tables hold a few rows per test: DELETE costs about 2 ms where TRUNCATE, which
+    swaps in new files for each table and its indexes, costs 25-50 ms, every test.
+    """
+    connection = await asyncpg.connect(url.replace("+asyncpg", "", 1), timeout=5)
+    try:
+        # The names come from our own table metadata, never from input.
+        statements = (f'DELETE FROM "{table}"' for table in tables)  # noqa: S608
+        await connection.execute("; ".join(statements))
+    finally:
+        await connection.close()
 
 
 def make_settings(database_url: str, data_dir: Path, **overrides: Any) -> Settings:

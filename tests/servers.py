@@ -1,11 +1,17 @@
 """The `userapi` command as a real process: one-off subcommands, and `userapi serve` for
-tests that need what only a process has: a port, several workers on one database, signals."""
+tests that need what only a process has: a port, several workers on one database, signals.
+
+A server's output goes to a log file in the test's working directory. Start-up fails fast
+when the process exits before it is healthy, and every failure to start, to stop, or of
+the test itself while a server runs carries the tail of that log.
+"""
 
 import asyncio
 import os
 import signal
 import socket
 import sys
+import uuid
 from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
@@ -17,8 +23,17 @@ from tests.factories import FAST_HASHING, TEST_SECRET
 
 USERAPI = str(Path(sys.executable).parent / "userapi")
 CLI_TIMEOUT_SECONDS = 120.0
-START_TIMEOUT_SECONDS = 30.0
+# Generous: a loaded CI machine runs migrations and imports slowly. A server that dies
+# is noticed at once, so this bounds only a start-up that hangs.
+START_TIMEOUT_SECONDS = 120.0
 STOP_TIMEOUT_SECONDS = 30.0
+PORT_ATTEMPTS = 3
+LOG_TAIL_LINES = 40
+ESTABLISHED, LISTEN = "01", "0A"  # TCP states as /proc/net/tcp writes them
+
+
+class ProcessError(AssertionError):
+    """A `userapi` process that did not start, stop or finish as the test needs."""
 
 
 def free_port() -> int:
@@ -44,6 +59,19 @@ def server_env(database_url: str, **extra: str) -> dict[str, str]:
     return dict(os.environ) | cli_env(DATABASE_URL=database_url, ENV="test", **extra)
 
 
+def tail(text: str, lines: int = LOG_TAIL_LINES) -> str:
+    kept = text.rstrip().splitlines()[-lines:]
+    return "\n".join(kept) if kept else "(nothing)"
+
+
+def log_tail(path: Path, lines: int = LOG_TAIL_LINES) -> str:
+    try:
+        text = path.read_bytes().decode("utf-8", "replace")
+    except FileNotFoundError:
+        return "(no log file)"
+    return tail(text, lines)
+
+
 @dataclass(frozen=True)
 class CliResult:
     returncode: int
@@ -52,7 +80,7 @@ class CliResult:
 
 
 async def run_cli(*args: str, env: Mapping[str, str], cwd: Path) -> CliResult:
-    """`userapi ARGS` in a subprocess, bounded by a timeout."""
+    """`userapi ARGS` in a subprocess, bounded by a timeout that reports what it printed."""
     process = await asyncio.create_subprocess_exec(
         USERAPI,
         *args,
@@ -61,12 +89,18 @@ async def run_cli(*args: str, env: Mapping[str, str], cwd: Path) -> CliResult:
         stdout=asyncio.subprocess.PIPE,
         stderr=asyncio.subprocess.PIPE,
     )
+    # Shielded, so that on a timeout the output read so far is still collected.
+    communicating = asyncio.ensure_future(process.communicate())
     try:
-        stdout, stderr = await asyncio.wait_for(process.communicate(), CLI_TIMEOUT_SECONDS)
+        stdout, stderr = await asyncio.wait_for(asyncio.shield(communicating), CLI_TIMEOUT_SECONDS)
     except TimeoutError:
         process.kill()
-        await process.wait()
-        raise
+        stdout, stderr = await asyncio.wait_for(communicating, STOP_TIMEOUT_SECONDS)
+        raise ProcessError(
+            f"userapi {' '.join(args)} did not finish within {CLI_TIMEOUT_SECONDS:.0f} s\n"
+            f"--- stdout (last lines) ---\n{tail(stdout.decode(errors='replace'))}\n"
+            f"--- stderr (last lines) ---\n{tail(stderr.decode(errors='replace'))}"
+        ) from None
     assert process.returncode is not None
     return CliResult(process.returncode, stdout.decode(), stderr.decode())
 
@@ -75,27 +109,162 @@ async def run_cli(*args: str, env: Mapping[str, str], cwd: Path) -> CliResult:
 class Server:
     process: asyncio.subprocess.Process
     base_url: str
+    log_path: Path
 
     def signal(self, number: signal.Signals) -> None:
         self.process.send_signal(number)
 
+    def describe(self) -> str:
+        return f"userapi serve (pid {self.process.pid}, {self.base_url})"
+
+    def log_report(self) -> str:
+        heading = f"--- {self.describe()}: last lines of {self.log_path} ---"
+        return f"{heading}\n{log_tail(self.log_path)}"
+
+    @property
+    def port(self) -> int:
+        return int(self.base_url.rsplit(":", 1)[1])
+
+    def has_read_everything_sent(self) -> bool:
+        """Whether every byte sent to this server has reached it and been read by it:
+        each connection accepted, and no request still waiting in a socket.
+
+        Read from the kernel's TCP table (Linux /proc/net/tcp): on the server's side of
+        each connection the receive queue is empty, and on the client's side every byte
+        sent is acknowledged. Where there is no such table this says True.
+        """
+        table = Path("/proc/net/tcp")
+        if not table.exists():
+            return True
+        for line in table.read_text().splitlines()[1:]:
+            _, local, remote, state, queues, *_ = line.split()
+            unsent, unread = (int(count, 16) for count in queues.split(":"))
+            local_port, remote_port = (int(end.rsplit(":", 1)[1], 16) for end in (local, remote))
+            # A listening socket's "unread" counts the connections not yet accepted.
+            if local_port == self.port and state in {LISTEN, ESTABLISHED} and unread:
+                return False
+            if remote_port == self.port and state == ESTABLISHED and unsent:
+                return False
+        return True
+
     async def wait_exit(self) -> int:
-        async with asyncio.timeout(STOP_TIMEOUT_SECONDS):
-            return await self.process.wait()
+        try:
+            async with asyncio.timeout(STOP_TIMEOUT_SECONDS):
+                return await self.process.wait()
+        except TimeoutError:
+            raise ProcessError(
+                f"{self.describe()} did not exit within {STOP_TIMEOUT_SECONDS:.0f} s\n"
+                + self.log_report()
+            ) from None
 
 
-async def wait_healthy(base_url: str) -> None:
-    async with (
-        asyncio.timeout(START_TIMEOUT_SECONDS),
-        httpx.AsyncClient(base_url=base_url, timeout=2) as client,
-    ):
-        while True:
-            try:
-                if (await client.get("/health")).status_code == 200:
+class _PortTaken(ProcessError):
+    """The server could not bind its port: something else took it after we chose it."""
+
+
+def _logs_request(log_path: Path, request_id: str) -> bool:
+    try:
+        return f"request_id={request_id}".encode() in log_path.read_bytes()
+    except FileNotFoundError:
+        return False
+
+
+async def _wait_healthy(server: Server, *, logs_requests: bool) -> None:
+    """Until /health answers 200 from this very process (not whoever else has the port).
+
+    The probe sends its own X-Request-ID; the access log line that names it in this
+    server's log shows the answer came from this process.
+    """
+    probe_id = f"start-probe-{uuid.uuid4().hex}"
+    try:
+        async with (
+            asyncio.timeout(START_TIMEOUT_SECONDS),
+            httpx.AsyncClient(
+                base_url=server.base_url, timeout=2, headers={"X-Request-ID": probe_id}
+            ) as client,
+        ):
+            while server.process.returncode is None:
+                try:
+                    healthy = (await client.get("/health")).status_code == 200
+                except httpx.TransportError:
+                    healthy = False
+                if healthy and (not logs_requests or _logs_request(server.log_path, probe_id)):
                     return
-            except httpx.TransportError:
-                pass
-            await asyncio.sleep(0.1)
+                await asyncio.sleep(0.1)
+    except TimeoutError:
+        raise ProcessError(
+            f"{server.describe()} did not answer /health within "
+            f"{START_TIMEOUT_SECONDS:.0f} s\n" + server.log_report()
+        ) from None
+    code = await server.process.wait()
+    port_taken = b"address already in use" in server.log_path.read_bytes()
+    raise (_PortTaken if port_taken else ProcessError)(
+        f"{server.describe()} exited with status {code} before it was healthy\n"
+        + server.log_report()
+    )
+
+
+def _new_log(workdir: Path) -> Path:
+    """A log file of its own for each server process: `userapi-serve-N.log`."""
+    for number in range(1, 1000):
+        path = workdir / f"userapi-serve-{number}.log"
+        try:
+            path.touch(exist_ok=False)
+        except FileExistsError:
+            continue
+        return path
+    raise ProcessError(f"no free userapi-serve-N.log name left in {workdir}")
+
+
+async def _spawn(workdir: Path, env: Mapping[str, str], port: int) -> Server:
+    log_path = _new_log(workdir)
+    with log_path.open("wb") as log:  # the child keeps its own copy of the descriptor
+        process = await asyncio.create_subprocess_exec(
+            USERAPI,
+            "serve",
+            "--port",
+            str(port),
+            cwd=workdir,
+            env=env,
+            stdin=asyncio.subprocess.DEVNULL,
+            stdout=log,
+            stderr=asyncio.subprocess.STDOUT,
+        )
+    return Server(process, f"http://127.0.0.1:{port}", log_path)
+
+
+async def _stop(server: Server) -> None:
+    if server.process.returncode is None:
+        server.process.kill()
+    await server.process.wait()
+
+
+@asynccontextmanager
+async def serving_process(
+    workdir: Path, env: Mapping[str, str], *, port: int | None = None
+) -> AsyncIterator[Server]:
+    """`userapi serve` with exactly this environment, healthy; killed and reaped however
+    the test ends. Its output is in `server.log_path`, and in the report of any failure."""
+    logs_requests = env.get("LOG_LEVEL", "INFO").upper() in {"INFO", "DEBUG"}
+    for attempt in range(1, PORT_ATTEMPTS + 1):
+        server = await _spawn(workdir, env, port or free_port())
+        try:
+            await _wait_healthy(server, logs_requests=logs_requests)
+            break
+        except _PortTaken:
+            await _stop(server)
+            if port or attempt == PORT_ATTEMPTS:
+                raise
+        except BaseException:
+            await _stop(server)
+            raise
+    try:
+        yield server
+    except Exception as error:
+        error.add_note(server.log_report())
+        raise
+    finally:
+        await _stop(server)
 
 
 @asynccontextmanager
@@ -106,23 +275,8 @@ async def running_server(
     port: int | None = None,
     env: Mapping[str, str] | None = None,
 ) -> AsyncIterator[Server]:
-    """`userapi serve` on a free port; killed and reaped however the test ends."""
-    port = port or free_port()
-    process = await asyncio.create_subprocess_exec(
-        USERAPI,
-        "serve",
-        "--port",
-        str(port),
-        cwd=workdir,
-        env=server_env(database_url, **(env or {})),
-        stdout=asyncio.subprocess.DEVNULL,
-        stderr=asyncio.subprocess.DEVNULL,
-    )
-    server = Server(process, f"http://127.0.0.1:{port}")
-    try:
-        await wait_healthy(server.base_url)
+    """`userapi serve` on the test database (see server_env), on a free port."""
+    async with serving_process(
+        workdir, server_env(database_url, **(env or {})), port=port
+    ) as server:
         yield server
-    finally:
-        if process.returncode is None:
-            process.kill()
-        await process.wait()

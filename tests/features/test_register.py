@@ -157,7 +157,12 @@ async def test_duplicate_email_leaves_the_first_account_unchanged(
 
 @pytest.mark.parametrize(
     ("field", "value"),
-    [("is_superuser", True), ("is_active", False), ("id", str(uuid.uuid4())), ("role", "admin")],
+    [
+        ("is_superuser", True),
+        ("is_active", False),
+        pytest.param("id", str(uuid.uuid4()), id="id-random"),
+        ("role", "admin"),
+    ],
 )
 async def test_register_with_an_unknown_field_returns_422(
     client: httpx.AsyncClient, field: str, value: object

@@ -1,12 +1,11 @@
 """Helpers the kernel tests share: slice folders and JWTs."""
 
-import asyncio
 import hashlib
 import importlib
 import shutil
 import sys
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -102,14 +101,3 @@ def forge_token(
 
 def bearer(token: str) -> dict[str, str]:
     return {"Authorization": f"Bearer {token}"}
-
-
-# --- waiting for a condition ------------------------------------------------------------
-
-
-async def wait_until(condition: Callable[[], bool], *, within: float = 30.0) -> None:
-    """Poll until `condition()` holds (a wait on the state itself, never a fixed sleep)."""
-    async with asyncio.timeout(within):
-        # The state polled (hashing slots, rows) has no event to await.
-        while not condition():  # noqa: ASYNC110
-            await asyncio.sleep(0.005)

@@ -20,7 +20,7 @@ from kernel.hashing import PasswordHashing
 from kernel.settings import Settings
 from tests.conftest import make_settings
 from tests.factories import Account, assert_problem, make_admin, make_user, register, serving
-from tests.kernel.helpers import wait_until
+from tests.waiting import wait_until
 
 NEW_PASSWORD = "a completely new passphrase"
 QUEUED_AHEAD = 3
@@ -56,7 +56,7 @@ async def test_other_writers_go_on_while_a_login_is_hashing(
         writer = await make_user(client)
         someone = await register(client)
         hashing_login = asyncio.create_task(login(client, someone))
-        await wait_until(lambda: hashing(app).slots_busy == 1)
+        await wait_until(lambda: hashing(app).slots_busy == 1, within=30, what="a hash started")
 
         written = await client.patch(
             "/api/v1/users/me", json={"bio": "written meanwhile"}, headers=writer.headers
@@ -79,9 +79,13 @@ async def queued_behind_a_deactivation(
 ) -> httpx.Response:
     """Send `request` while the hashing slot is busy; deactivate `victim` while it queues."""
     ahead = [asyncio.create_task(login(client, admin)) for _ in range(QUEUED_AHEAD)]
-    await wait_until(lambda: hashing(app).requests_waiting == QUEUED_AHEAD - 1)
+    await wait_until(
+        lambda: hashing(app).requests_waiting == QUEUED_AHEAD - 1, within=30, what="logins queued"
+    )
     queued = asyncio.create_task(request)
-    await wait_until(lambda: hashing(app).requests_waiting == QUEUED_AHEAD)
+    await wait_until(
+        lambda: hashing(app).requests_waiting == QUEUED_AHEAD, within=30, what="request queued"
+    )
     deactivated = await client.post(f"/api/v1/users/{victim.id}/deactivate", headers=admin.headers)
     assert deactivated.status_code == 200
     # The deactivation landed while the request still waited for its hash.
@@ -134,7 +138,11 @@ async def test_an_admin_demoted_while_queued_cannot_act_as_one(
         # the slot; meanwhile another admin demotes them. Admin status is checked again
         # after the hash, so the change is refused and nothing of it is applied.
         ahead = [asyncio.create_task(login(client, other_admin)) for _ in range(QUEUED_AHEAD)]
-        await wait_until(lambda: hashing(app).requests_waiting == QUEUED_AHEAD - 1)
+        await wait_until(
+            lambda: hashing(app).requests_waiting == QUEUED_AHEAD - 1,
+            within=30,
+            what="logins queued",
+        )
         queued = asyncio.create_task(
             client.patch(
                 f"/api/v1/users/{victim.id}",
@@ -142,7 +150,9 @@ async def test_an_admin_demoted_while_queued_cannot_act_as_one(
                 json={"password": NEW_PASSWORD, "is_active": False},
             )
         )
-        await wait_until(lambda: hashing(app).requests_waiting == QUEUED_AHEAD)
+        await wait_until(
+            lambda: hashing(app).requests_waiting == QUEUED_AHEAD, within=30, what="request queued"
+        )
         demoted = await client.patch(
             f"/api/v1/users/{admin.id}", headers=other_admin.headers, json={"is_superuser": False}
         )

@@ -4,23 +4,17 @@ API.md "Running it": serve | migrate | create-admin (new-feature: see test_disco
 """
 
 import signal
-import subprocess
-import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
-import pytest
 
 from kernel.settings import Settings
 from tests.conftest import make_settings
 from tests.factories import Account, assert_problem, login, register, serving
 from tests.kernel.conftest import EmptyDatabase
-from tests.servers import USERAPI, CliResult, cli_env, free_port, run_cli
+from tests.servers import CliResult, cli_env, run_cli, serving_process
 
 ADMIN_PASSWORD = "a long admin passphrase nobody else uses"
-SERVE_START_SECONDS = 20
-SERVE_STOP_SECONDS = 30
 
 
 async def create_admin(
@@ -190,73 +184,40 @@ async def test_migrate_makes_a_fresh_database_ready(
 # --- serve ------------------------------------------------------------------------------
 
 
-@pytest.fixture
-def server(tmp_path: Path) -> Iterator[tuple[subprocess.Popen[bytes], str]]:
+def bare_env() -> dict[str, str]:
     """`userapi serve` in an empty working directory: no DATABASE_URL, no SECRET_KEY."""
-    port = free_port()
     env = cli_env()
     del env["SECRET_KEY"]
-    log = (tmp_path / "serve.log").open("wb")
-    process = subprocess.Popen(
-        [USERAPI, "serve", "--port", str(port)],
-        cwd=tmp_path,
-        env=env,
-        stdout=log,
-        stderr=subprocess.STDOUT,
-    )
-    try:
-        yield process, f"http://127.0.0.1:{port}"
-    finally:
-        if process.poll() is None:
-            process.kill()
-            process.wait(timeout=SERVE_STOP_SECONDS)
-        log.close()
+    return env
 
 
-def wait_until_healthy(process: subprocess.Popen[bytes], base_url: str) -> None:
-    deadline = time.monotonic() + SERVE_START_SECONDS
-    while time.monotonic() < deadline:
-        assert process.poll() is None, "userapi serve exited during start-up"
-        try:
-            if httpx.get(f"{base_url}/health", timeout=1).status_code == 200:
-                return
-        except httpx.TransportError:
-            pass
-        time.sleep(0.1)
-    pytest.fail(f"userapi serve did not answer /health within {SERVE_START_SECONDS} s")
-
-
-def test_serve_answers_over_http_with_a_database_in_the_working_directory(
-    server: tuple[subprocess.Popen[bytes], str], tmp_path: Path
+async def test_serve_answers_over_http_with_a_database_in_the_working_directory(
+    tmp_path: Path,
 ) -> None:
-    process, base_url = server
-    wait_until_healthy(process, base_url)
-
-    response = httpx.post(
-        f"{base_url}/api/v1/auth/register",
-        json={
-            "email": "served@example.com",
-            "password": "correct horse battery staple",
-            "first_name": "Ada",
-            "last_name": "Lovelace",
-        },
-        timeout=30,
-    )
+    async with (
+        serving_process(tmp_path, bare_env()) as server,
+        httpx.AsyncClient(base_url=server.base_url, timeout=30) as http,
+    ):
+        response = await http.post(
+            "/api/v1/auth/register",
+            json={
+                "email": "served@example.com",
+                "password": "correct horse battery staple",
+                "first_name": "Ada",
+                "last_name": "Lovelace",
+            },
+        )
 
     assert response.status_code == 201, response.text
     assert (tmp_path / "data" / "userapi.db").is_file()
     assert (tmp_path / "data" / "secret_key").is_file()
 
 
-def test_serve_shuts_down_gracefully_on_sigterm(
-    server: tuple[subprocess.Popen[bytes], str], tmp_path: Path
-) -> None:
-    process, base_url = server
-    wait_until_healthy(process, base_url)
-
-    process.send_signal(signal.SIGTERM)
-    returncode = process.wait(timeout=SERVE_STOP_SECONDS)
+async def test_serve_shuts_down_gracefully_on_sigterm(tmp_path: Path) -> None:
+    async with serving_process(tmp_path, bare_env()) as server:
+        server.signal(signal.SIGTERM)
+        returncode = await server.wait_exit()
 
     # uvicorn finishes the shutdown, then re-raises SIGTERM so the exit says why it stopped.
     assert returncode in {0, -signal.SIGTERM}
-    assert "Application shutdown complete" in (tmp_path / "serve.log").read_text()
+    assert "Application shutdown complete" in server.log_path.read_text()

@@ -6,14 +6,17 @@ check refused because the server is busy is not counted against the user.
 """
 
 import asyncio
+import time
 from pathlib import Path
 
 import httpx
 
 from tests.conftest import make_settings
 from tests.factories import DEFAULT_PASSWORD, Account, assert_problem, make_user, serving
+from tests.waiting import poll
 
 WRONG = "not my password at all"
+LOGIN = "/api/v1/auth/login"
 
 
 async def _patch_email(client: httpx.AsyncClient, user: Account, password: str) -> httpx.Response:
@@ -78,23 +81,43 @@ async def test_a_right_current_password_resets_the_count(
 async def test_a_lockout_lasts_a_whole_window_from_the_last_allowed_failure(
     database_url: str, tmp_path: Path
 ) -> None:
-    settings = make_settings(database_url, tmp_path, login_lockout_seconds=2)
+    window = 2
+    settings = make_settings(database_url, tmp_path, login_lockout_seconds=window)
     async with serving(settings) as (_, client):
         account = await make_user(client)
         wrong = {"email": account.email, "password": WRONG}
-        for _ in range(4):
-            await client.post("/api/v1/auth/login", json=wrong)
-        await asyncio.sleep(1.5)  # waits, not timing assertions
-        assert_problem(
-            await client.post("/api/v1/auth/login", json=wrong), 401, "invalid_credentials"
-        )
-        await asyncio.sleep(1.0)  # 2.5 s after the first failure, 1 s after the fifth
+        right = {"email": account.email, "password": DEFAULT_PASSWORD}
+        assert_problem(await client.post(LOGIN, json=wrong), 401, "invalid_credentials")
+        first_failure_answered = time.time()
+        for _ in range(3):
+            assert_problem(await client.post(LOGIN, json=wrong), 401, "invalid_credentials")
+        # The one wait on time itself: the last allowed failure comes halfway through
+        # the window the first one opened, so the two possible ends of the lockout differ.
+        await asyncio.sleep(max(0.0, first_failure_answered + window / 2 - time.time()))
+        limit_reached = time.time()
+        assert_problem(await client.post(LOGIN, json=wrong), 401, "invalid_credentials")
 
-        response = await client.post(
-            "/api/v1/auth/login", json={"email": account.email, "password": DEFAULT_PASSWORD}
+        async def right_password() -> tuple[float, httpx.Response, float]:
+            sent = time.time()
+            response = await client.post(LOGIN, json=right)
+            return sent, response, time.time()
+
+        tries = await poll(
+            right_password,
+            until=lambda answer: answer[1].status_code != 429,
+            within=5 * window,
+            what="login stops answering 429",
         )
 
-    assert_problem(response, 429, "too_many_attempts")
+    *locked, (_, response, unlocked) = tries
+    assert locked, "the right password got in right after the fifth failure"
+    for _, refused, _ in locked:
+        assert_problem(refused, 429, "too_many_attempts")
+    assert response.status_code == 200, response.text
+    # Same clock as the server's. Still refused after a window counted from the first
+    # failure had passed; let in no sooner than a window after the fifth one.
+    assert max(sent for sent, _, _ in locked) > first_failure_answered + window
+    assert unlocked - limit_reached >= window
 
 
 async def test_checks_refused_for_lack_of_capacity_do_not_count(

@@ -6,7 +6,7 @@ from pathlib import Path
 from kernel.settings import Settings
 from tests.conftest import make_settings
 from tests.factories import DEFAULT_PASSWORD, assert_problem, register, serving
-from tests.kernel.helpers import wait_until
+from tests.waiting import wait_until
 
 # Real cost (64 MiB, t=3) so each hash takes long enough for a queue to form.
 SLOW_HASHING = {"argon2_time_cost": 3, "argon2_memory_kib": 64 * 1024, "argon2_parallelism": 1}
@@ -56,7 +56,9 @@ async def test_the_event_loop_keeps_turning_while_a_hash_runs(
         body = {"email": account.email, "password": DEFAULT_PASSWORD}
         loop = asyncio.get_running_loop()
         login = asyncio.create_task(client.post("/api/v1/auth/login", json=body))
-        await wait_until(lambda: app.state.hashing.slots_busy == 1)
+        await wait_until(
+            lambda: app.state.hashing.slots_busy == 1, within=30, what="a hash started"
+        )
         started = loop.time()
         stalls: list[float] = []
         while not login.done():

@@ -1,18 +1,20 @@
 """`userapi purge-expired` sweeps expired refresh tokens and stale login counters."""
 
-import asyncio
 import uuid
+from datetime import timedelta
 from pathlib import Path
 
 import httpx
 from fastapi import FastAPI
-from sqlalchemy import update
+from sqlalchemy import func, select, update
 from sqlmodel import col
 
 from kernel.db import Database, utc_now
+from kernel.guesses import PasswordAttempt
 from kernel.tokens import RefreshToken
 from tests.factories import assert_problem, make_user
 from tests.servers import run_cli, server_env
+from tests.waiting import wait_until
 
 
 async def _expire_refresh_tokens_of(app: FastAPI, user_id: str) -> None:
@@ -42,12 +44,31 @@ async def test_purge_deletes_expired_refresh_tokens_and_keeps_live_ones(
     assert kept.status_code == 200
 
 
+async def _counters_older_than(app: FastAPI, seconds: float) -> int:
+    """Login counters whose window, were it this long, has passed (as purge-expired sees it)."""
+    database: Database = app.state.database
+    cutoff = utc_now() - timedelta(seconds=seconds)
+    async with database.session(writes=False) as session:
+        count = await session.scalar(
+            select(func.count())
+            .select_from(PasswordAttempt)
+            .where(col(PasswordAttempt.window_started_at) <= cutoff)
+        )
+    return int(count or 0)
+
+
 async def test_purge_deletes_login_counters_whose_window_has_passed(
-    client: httpx.AsyncClient, database_url: str, tmp_path: Path
+    client: httpx.AsyncClient, app: FastAPI, database_url: str, tmp_path: Path
 ) -> None:
     wrong = {"email": "nobody@example.com", "password": "not the password"}
     assert (await client.post("/api/v1/auth/login", json=wrong)).status_code == 401
-    await asyncio.sleep(1.1)  # let a 1-second window pass (a wait, not a timing assertion)
+
+    async def window_has_passed() -> bool:
+        return await _counters_older_than(app, 1) == 1
+
+    await wait_until(
+        window_has_passed, within=30, what="the login counter's 1-second window has passed"
+    )
 
     env = server_env(database_url, LOGIN_LOCKOUT_SECONDS="1")
     result = await run_cli("purge-expired", env=env, cwd=tmp_path)

@@ -11,6 +11,7 @@ import signal
 import uuid
 from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -25,6 +26,7 @@ from tests.factories import (
     serving,
 )
 from tests.servers import running_server
+from tests.waiting import wait_until
 
 CLIENTS = 6
 REGISTRATIONS_BEFORE_KILL = 40
@@ -82,7 +84,7 @@ async def test_every_acknowledged_registration_survives_kill_9(
 
 async def test_sigterm_lets_requests_in_flight_finish(database_url: str, tmp_path: Path) -> None:
     # One hashing slot and real argon2 cost: the logins queue, so some are still in
-    # flight when SIGTERM arrives.
+    # flight when SIGTERM arrives, once the server has them all.
     slow = {
         "HASH_CONCURRENCY": "1",
         "ARGON2_TIME_COST": "3",
@@ -97,14 +99,29 @@ async def test_sigterm_lets_requests_in_flight_finish(database_url: str, tmp_pat
     ):
         registered = await client.post("/api/v1/auth/register", json=registration(email=email))
         assert registered.status_code == 201
+        sent = 0
+
+        async def count_sent(event: str, _: dict[str, Any]) -> None:
+            nonlocal sent
+            sent += event == "http11.send_request_body.complete"
+
         logins = [
-            asyncio.create_task(client.post("/api/v1/auth/login", json=body)) for _ in range(6)
+            asyncio.create_task(
+                client.post("/api/v1/auth/login", json=body, extensions={"trace": count_sent})
+            )
+            for _ in range(6)
         ]
-        await asyncio.sleep(0.3)  # let the requests reach the server
+        await wait_until(
+            lambda: sent == len(logins) and server.has_read_everything_sent(),
+            within=30,
+            what="the server has accepted and read all six logins",
+        )
+        in_flight = sum(not login.done() for login in logins)
         server.signal(signal.SIGTERM)
         responses = await asyncio.gather(*logins)
         exit_code = await server.wait_exit()
 
+    assert in_flight > 0
     assert [response.status_code for response in responses] == [200] * 6
     # uvicorn re-raises SIGTERM once it has drained, so the exit reads "terminated".
     assert exit_code in (0, -signal.SIGTERM)
