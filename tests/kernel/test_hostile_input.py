@@ -27,6 +27,7 @@ JSON_ROUTES = [
     ("PATCH", "/api/v1/users/me", '{"bio": %s, "first_name": %s}'),
     ("PATCH", "/api/v1/users/{me}", '{"last_name": %s, "first_name": %s}'),
     ("POST", "/api/v1/users/me/deactivate", '{"current_password": %s, "x": %s}'),
+    ("POST", "/api/v1/users/{me}/deactivate", '{"current_password": %s, "x": %s}'),
 ]
 HOSTILE_STRINGS = {
     "nul": '"a\\u0000b"',
@@ -162,3 +163,20 @@ async def test_names_in_any_script_round_trip_exactly(
     assert me.json()["first_name"] == name
     assert me.json()["bio"] == name
     assert me.json()["full_name"] == f"{name} {user.record['last_name']}"
+
+
+async def test_the_list_names_every_operation_that_takes_a_json_body(
+    client: httpx.AsyncClient,
+) -> None:
+    # A new slice with a JSON body must add its template above, or this fails.
+    document = (await client.get("/openapi.json")).json()
+    documented = {
+        (method.upper(), path)
+        for path, item in document["paths"].items()
+        for method, operation in item.items()
+        if "application/json" in operation.get("requestBody", {}).get("content", {})
+    }
+    listed = {(method, path.replace("{me}", "{user_id}")) for method, path, _ in JSON_ROUTES}
+
+    assert documented
+    assert documented == listed
