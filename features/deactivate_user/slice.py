@@ -1,7 +1,7 @@
 """POST /api/v1/users/me/deactivate and POST /api/v1/users/{user_id}/deactivate (API.md).
 
 A soft delete: the row stays (the email stays taken), `is_active` becomes false and
-bumping `token_version` makes every access and refresh token of the user fail at once.
+every session of the user ends, so all their access and refresh tokens fail at once.
 Yourself: confirm with your current password (throttled like logins). Admins: anyone,
 no body needed.
 """
@@ -24,6 +24,7 @@ from kernel.errors import (
 from kernel.fields import StrictInput
 from kernel.guesses import PasswordGuesses
 from kernel.passwords import CurrentPassword
+from kernel.sessions import deactivate_account
 from kernel.users import PrivateUser, User, ensure_not_last_admin, lock_user
 
 router = APIRouter(tags=["users"])
@@ -51,7 +52,7 @@ async def deactivate(
     if not target.is_active:
         return target  # idempotent: already done, nothing changes
     await ensure_not_last_admin(session, target)
-    target.deactivate()
+    await deactivate_account(session, target)
     target.touch()
     await session.flush()
     return target

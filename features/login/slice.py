@@ -5,6 +5,7 @@ email and a wrong password (same body, same argon2 work); 403 for a deactivated 
 per-email throttling kept in the database; weaker stored hashes upgraded on success.
 """
 
+from dataclasses import dataclass
 from typing import Any
 
 from fastapi import APIRouter, Request, Response
@@ -14,7 +15,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from sqlmodel import col
 
 from kernel.db import SessionDep, outside_transaction
-from kernel.deps import AccessTokensDep, GuessesDep, HashingDep, SettingsDep
+from kernel.deps import AccessTokensDep, GuessesDep, HashingDep, RefreshTokensDep, SettingsDep
 from kernel.errors import (
     InvalidInput,
     ProblemError,
@@ -29,9 +30,16 @@ from kernel.guesses import PasswordGuesses
 from kernel.hashing import PasswordHashing
 from kernel.media_types import is_json, media_type
 from kernel.passwords import CurrentPassword
+from kernel.sessions import (
+    NO_STORE_HEADERS,
+    RefreshTokens,
+    TokenPair,
+    start_session,
+    token_pair,
+)
 from kernel.settings import Settings
-from kernel.tokens import NO_STORE_HEADERS, AccessTokens, TokenPair, issue_token_pair
-from kernel.users import User, token_speaks_for
+from kernel.tokens import AccessTokens
+from kernel.users import User
 
 router = APIRouter(tags=["auth"])
 FORM_MEDIA_TYPES = ("application/x-www-form-urlencoded", "multipart/form-data")
@@ -40,6 +48,21 @@ FORM_MEDIA_TYPES = ("application/x-www-form-urlencoded", "multipart/form-data")
 class Credentials(StrictInput):
     email: Email
     password: CurrentPassword
+
+
+@dataclass(frozen=True)
+class Device:
+    """What the session list shows of where a login came from."""
+
+    user_agent: str | None
+    ip: str | None
+
+    @classmethod
+    def of(cls, request: Request) -> "Device":
+        return cls(
+            user_agent=request.headers.get("user-agent"),
+            ip=request.client.host if request.client else None,
+        )
 
 
 class InvalidCredentials(ProblemError):
@@ -56,17 +79,19 @@ async def login(
     guesses: PasswordGuesses,
     hashing: PasswordHashing,
     access_tokens: AccessTokens,
+    refresh_tokens: RefreshTokens,
     settings: Settings,
     credentials: Credentials,
+    device: Device,
 ) -> TokenPair:
     user = await session.scalar(select(User).where(col(User.email) == credentials.email))
-    seen_token_version = user.token_version if user else 0
+    checked_hash = user.password_hash if user else None
     async with outside_transaction(session):
         # Throttled per email whether or not the account exists; an unknown email costs
         # the same argon2 work as a wrong password.
         matches = await guesses.check(
             email=credentials.email,
-            stored_hash=user.password_hash if user else None,
+            stored_hash=checked_hash,
             password=credentials.password,
         )
     if not matches:
@@ -75,7 +100,7 @@ async def login(
     await session.refresh(user)  # it may have changed while no transaction was open
     if not user.is_active:
         raise AccountInactive()
-    if not token_speaks_for(user, seen_token_version):
+    if user.password_hash != checked_hash:
         raise InvalidCredentials()  # the password changed while we were checking it
     if hashing.needs_rehash(user.password_hash):
         async with outside_transaction(session):
@@ -87,9 +112,10 @@ async def login(
             .where(col(User.id) == user.id, col(User.password_hash) == user.password_hash)
             .values(password_hash=upgraded)
         )
-    return await issue_token_pair(
-        session, access_tokens=access_tokens, settings=settings, user=user
+    started = await start_session(
+        session, settings=settings, user=user, user_agent=device.user_agent, ip=device.ip
     )
+    return token_pair(started, access_tokens=access_tokens, refresh_tokens=refresh_tokens)
 
 
 async def _read_credentials(request: Request) -> Credentials:
@@ -135,6 +161,7 @@ async def login_route(
     guesses: GuessesDep,
     hashing: HashingDep,
     access_tokens: AccessTokensDep,
+    refresh_tokens: RefreshTokensDep,
     settings: SettingsDep,
 ) -> TokenPair:
     """Log in with email and password (JSON, or the OAuth2 password form)."""
@@ -145,6 +172,8 @@ async def login_route(
         guesses=guesses,
         hashing=hashing,
         access_tokens=access_tokens,
+        refresh_tokens=refresh_tokens,
         settings=settings,
         credentials=credentials,
+        device=Device.of(request),
     )

@@ -1,17 +1,19 @@
-"""POST /api/v1/auth/logout: revoke the refresh tokens of one login (API.md, "logout").
+"""POST /api/v1/auth/logout: end the session of a refresh token (API.md, "logout").
 
-Needs no access token (it may have expired) and is idempotent: an unknown or already
-revoked token also gets 204, so a client can always finish logging out.
+Needs no access token (it may have expired) and ignores an Authorization header. The
+session's refresh token and its access tokens fail at once. Idempotent: an unknown or
+already revoked token also gets 204, so a client can always finish logging out.
 """
 
 from fastapi import APIRouter, Response
-from sqlalchemy import select
+from sqlalchemy import delete
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlmodel import col
 
 from kernel.db import SessionDep
+from kernel.deps import RefreshTokensDep
 from kernel.fields import StrictInput
-from kernel.tokens import RefreshToken, RefreshTokenValue, hash_refresh_token, revoke_family
+from kernel.sessions import RefreshTokens, RefreshTokenValue, Session, parse_refresh_token
 
 router = APIRouter(tags=["auth"])
 
@@ -20,17 +22,19 @@ class LogoutRequest(StrictInput):
     refresh_token: RefreshTokenValue
 
 
-async def logout(session: AsyncSession, token: str) -> None:
-    family_id = await session.scalar(
-        select(col(RefreshToken.family_id)).where(
-            col(RefreshToken.token_hash) == hash_refresh_token(token)
-        )
-    )
-    if family_id is not None:
-        await revoke_family(session, family_id)
+async def logout(db: AsyncSession, refresh_tokens: RefreshTokens, token: str) -> None:
+    presented = parse_refresh_token(token)
+    if presented is None:
+        return
+    session = await db.get(Session, presented.session_id)
+    # Any genuine token of the session ends it, even a spent one: the client is leaving.
+    if session is not None and refresh_tokens.is_genuine(session, presented):
+        await db.execute(delete(Session).where(col(Session.id) == session.id))
 
 
 @router.post("/auth/logout", status_code=204, response_class=Response)
-async def logout_route(body: LogoutRequest, session: SessionDep) -> None:
-    """Log out: revoke this login's refresh tokens (other logins stay)."""
-    await logout(session, body.refresh_token)
+async def logout_route(
+    body: LogoutRequest, db: SessionDep, refresh_tokens: RefreshTokensDep
+) -> None:
+    """Log out: end this login's session (the user's other sessions stay)."""
+    await logout(db, refresh_tokens, body.refresh_token)

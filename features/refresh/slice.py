@@ -1,31 +1,35 @@
-"""POST /api/v1/auth/refresh: spend a refresh token for a new pair (API.md, "refresh").
+"""POST /api/v1/auth/refresh: a new token pair for a refresh token (API.md, "refresh").
 
-Each token is single-use. Presenting one that was already spent means it was copied:
-the whole family (every token descended from that login) is revoked.
+Rotation: each refresh spends the session's live token and issues the next generation.
+Presenting the token spent last, within REFRESH_REUSE_GRACE_SECONDS of its spending,
+answers with the live token instead (a retried request whose response was lost, or two
+requests of one app racing). Any other earlier token of the session means it was
+copied: the session is revoked, for the thief and the owner alike.
 """
 
+from datetime import timedelta
+
 from fastapi import APIRouter, Response
-from sqlalchemy import select, update
+from sqlalchemy import delete, select
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlmodel import col
 
 from kernel.db import SessionDep, utc_now
-from kernel.deps import AccessTokensDep, SettingsDep
+from kernel.deps import AccessTokensDep, RefreshTokensDep, SettingsDep
 from kernel.errors import InvalidToken, problem_responses
 from kernel.fields import StrictInput
-from kernel.settings import Settings
-from kernel.tokens import (
+from kernel.sessions import (
     NO_STORE_HEADERS,
-    AccessTokens,
-    RefreshToken,
+    RefreshTokens,
     RefreshTokenValue,
+    Session,
     TokenPair,
-    hash_refresh_token,
-    issue_token_pair,
-    lock_family,
-    revoke_family,
+    parse_refresh_token,
+    token_pair,
+    token_speaks_for,
 )
-from kernel.users import User, token_speaks_for
+from kernel.tokens import AccessTokens
+from kernel.users import User
 
 router = APIRouter(tags=["auth"])
 
@@ -35,70 +39,62 @@ class RefreshRequest(StrictInput):
 
 
 class ReusedRefreshToken(InvalidToken):
-    """A spent token presented again: it was copied. The family's revocation is kept."""
+    """An earlier token presented again: it was copied. The revocation is kept."""
 
     keeps_changes = True
 
 
 async def refresh(
-    session: AsyncSession, *, access_tokens: AccessTokens, settings: Settings, token: str
+    db: AsyncSession,
+    *,
+    access_tokens: AccessTokens,
+    refresh_tokens: RefreshTokens,
+    grace_seconds: int,
+    token: str,
 ) -> TokenPair:
-    presented = await session.scalar(
-        select(RefreshToken).where(col(RefreshToken.token_hash) == hash_refresh_token(token))
-    )
+    presented = parse_refresh_token(token)
     if presented is None:
         raise InvalidToken()
-    # One login's tokens are refreshed, reused or revoked one request at a time; then
-    # re-read the token, as a refresh that held the lock before us may have spent it.
-    await lock_family(session, presented.family_id)
-    presented = await session.scalar(
-        select(RefreshToken)
-        .where(col(RefreshToken.id) == presented.id)
-        .execution_options(populate_existing=True)
+    # Locked: one session's refreshes, reuses and revocations happen one at a time.
+    session = await db.scalar(
+        select(Session).where(col(Session.id) == presented.session_id).with_for_update()
     )
-    if presented is None:
-        raise InvalidToken()  # purged meanwhile (it had expired)
-    if presented.spent_at is not None:
-        await revoke_family(session, presented.family_id)
-        raise ReusedRefreshToken()
+    if session is None or not refresh_tokens.is_genuine(session, presented):
+        raise InvalidToken()  # unknown, revoked, or forged: nothing to revoke
     now = utc_now()
-    # Spend it with a conditional UPDATE: even without the lock, of two concurrent
-    # refreshes of one token only one can match.
-    spent = await session.scalar(
-        update(RefreshToken)
-        .where(
-            col(RefreshToken.id) == presented.id,
-            col(RefreshToken.spent_at).is_(None),
-            col(RefreshToken.revoked_at).is_(None),
-            col(RefreshToken.expires_at) > now,
-        )
-        .values(spent_at=now)
-        .returning(RefreshToken)
+    retried = (
+        presented.generation == session.generation - 1
+        and session.rotated_at is not None
+        and now - session.rotated_at <= timedelta(seconds=grace_seconds)
     )
-    if spent is None:
-        raise InvalidToken()  # expired or revoked
-    user = await session.get(User, spent.user_id)
-    if not token_speaks_for(user, spent.token_version):
-        raise InvalidToken()
-    return await issue_token_pair(
-        session,
-        access_tokens=access_tokens,
-        settings=settings,
-        user=user,
-        family_id=spent.family_id,
-    )
+    if presented.generation != session.generation and not retried:
+        await db.execute(delete(Session).where(col(Session.id) == session.id))
+        raise ReusedRefreshToken()
+    if not token_speaks_for(await db.get(User, session.user_id), session):
+        raise InvalidToken()  # expired, or the user was deactivated
+    if not retried:
+        session.generation += 1
+        session.rotated_at = now
+    session.last_used_at = now
+    await db.flush()
+    return token_pair(session, access_tokens=access_tokens, refresh_tokens=refresh_tokens)
 
 
 @router.post("/auth/refresh", responses=problem_responses(InvalidToken))
 async def refresh_route(
     body: RefreshRequest,
     response: Response,
-    session: SessionDep,
+    db: SessionDep,
     access_tokens: AccessTokensDep,
+    refresh_tokens: RefreshTokensDep,
     settings: SettingsDep,
 ) -> TokenPair:
     """Exchange a refresh token for a new token pair; the presented token is spent."""
     response.headers.update(NO_STORE_HEADERS)
     return await refresh(
-        session, access_tokens=access_tokens, settings=settings, token=body.refresh_token
+        db,
+        access_tokens=access_tokens,
+        refresh_tokens=refresh_tokens,
+        grace_seconds=settings.refresh_reuse_grace_seconds,
+        token=body.refresh_token,
     )

@@ -30,6 +30,7 @@ from kernel.fields import AvatarUrl, Bio, Email, Name, StrictInput
 from kernel.guesses import PasswordGuesses
 from kernel.hashing import PasswordHashing
 from kernel.passwords import CurrentPassword, Password, check_new_password
+from kernel.sessions import deactivate_account, end_sessions
 from kernel.users import (
     PrivateUser,
     User,
@@ -112,11 +113,11 @@ async def update_user(
         await ensure_not_last_admin(session, target)
     activation = changes.pop("is_active", None)
     if activation is False:
-        target.deactivate()
+        await deactivate_account(session, target)
     elif activation is True:
-        target.is_active = True  # tokens revoked by the deactivation stay revoked
+        target.is_active = True  # sessions ended by the deactivation stay ended
     if "password_hash" in changes:
-        target.revoke_tokens()
+        await end_sessions(session, target.id)  # every session, the caller's included
     for name, value in changes.items():
         setattr(target, name, value)
     target.touch()

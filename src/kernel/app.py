@@ -21,6 +21,7 @@ from kernel.middleware import (
 )
 from kernel.migrations import current_revision, head_revision
 from kernel.openapi import install_openapi
+from kernel.sessions import RefreshTokens
 from kernel.settings import Settings, load_settings
 from kernel.slices import mount_slices
 from kernel.tokens import AccessTokens
@@ -67,6 +68,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.hashing = hashing
     app.state.guesses = PasswordGuesses(database, hashing, settings)
     app.state.access_tokens = AccessTokens(settings)
+    app.state.refresh_tokens = RefreshTokens(settings)
 
     # Each add_middleware wraps the ones before it: the body guard is innermost, so its
     # early 413/422/500 answers still get CORS headers; the request id is outermost, so
@@ -76,7 +78,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         app.add_middleware(
             ProblemCORSMiddleware,
             allow_origins=settings.cors_origins,
-            allow_methods=["GET", "POST", "PATCH", "OPTIONS"],
+            allow_methods=["GET", "POST", "PATCH", "DELETE", "OPTIONS"],
             allow_headers=["Authorization", "Content-Type", "If-Match", "X-Request-ID"],
             # WWW-Authenticate: every 401 carries it, and browser code may only read
             # the response headers listed here.

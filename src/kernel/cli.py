@@ -21,8 +21,8 @@ from kernel.fields import Email, Name
 from kernel.guesses import purge_expired_attempts
 from kernel.hashing import PasswordHashing
 from kernel.passwords import Password
+from kernel.sessions import purge_expired_sessions
 from kernel.settings import Settings, load_settings
-from kernel.tokens import purge_expired_refresh_tokens
 from kernel.users import User, create_user
 
 SCAFFOLD = Path(__file__).resolve().parent / "scaffold"
@@ -64,7 +64,7 @@ async def _purge_expired(settings: Settings) -> dict[str, int]:
     try:
         async with database.session() as session:
             return {
-                "refresh tokens": await purge_expired_refresh_tokens(session),
+                "sessions": await purge_expired_sessions(session),
                 "password attempt counters": await purge_expired_attempts(session, settings),
             }
     finally:

@@ -6,20 +6,24 @@ and a kernel test fails when one does not.
 """
 
 import uuid
+from dataclasses import dataclass
 from typing import Annotated
 
 from fastapi import Depends, Request
 from fastapi.security import OAuth2PasswordBearer
+from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
+from sqlmodel import col
 
 from kernel.db import SessionDep, recheck_on_resume
 from kernel.errors import Forbidden, InvalidToken, NotAuthenticated, UserNotFound
 from kernel.guesses import PasswordGuesses
 from kernel.hashing import PasswordHashing
+from kernel.sessions import RefreshTokens, Session, token_speaks_for
 from kernel.settings import Settings
 from kernel.slices import LOGIN_PATH
 from kernel.tokens import AccessTokens
-from kernel.users import User, token_speaks_for
+from kernel.users import User
 
 # auto_error=False: a missing token is our own 401 problem, not FastAPI's {"detail"}.
 _bearer = OAuth2PasswordBearer(tokenUrl=LOGIN_PATH, auto_error=False)
@@ -45,38 +49,68 @@ def _access_tokens(request: Request) -> AccessTokens:
     return tokens
 
 
+def _refresh_tokens(request: Request) -> RefreshTokens:
+    tokens: RefreshTokens = request.app.state.refresh_tokens
+    return tokens
+
+
 SettingsDep = Annotated[Settings, Depends(_settings)]
 HashingDep = Annotated[PasswordHashing, Depends(_hashing)]
 GuessesDep = Annotated[PasswordGuesses, Depends(_guesses)]
 AccessTokensDep = Annotated[AccessTokens, Depends(_access_tokens)]
+RefreshTokensDep = Annotated[RefreshTokens, Depends(_refresh_tokens)]
 
 
-async def _current_user(
-    session: SessionDep,
+@dataclass(frozen=True)
+class Caller:
+    """Who is calling: the token's user and the session it belongs to."""
+
+    user: User
+    session: Session
+
+
+async def _caller(
+    db: SessionDep,
     tokens: AccessTokensDep,
     token: Annotated[str | None, Depends(_bearer)],
-) -> User:
+) -> Caller:
     if not token:
         raise NotAuthenticated()
     claims = tokens.verify(token)
-    # One primary-key lookup: deactivation and password change bump token_version,
-    # so an older token fails here at once, in every process.
-    user = await session.get(User, claims.user_id)
-    if not token_speaks_for(user, claims.token_version):
+    # One indexed query for user and session: a revoked session (logout, password
+    # change, deactivation...) is seen here at once, in every process.
+    row = (
+        await db.execute(
+            select(User, Session)
+            .join(Session, col(Session.user_id) == col(User.id))
+            .where(col(User.id) == claims.user_id, col(Session.id) == claims.session_id)
+        )
+    ).one_or_none()
+    user, session = row if row else (None, None)
+    if not token_speaks_for(user, session):
         raise InvalidToken()
+    assert session is not None
     was_admin = user.is_superuser
 
-    async def still_authorized(session: AsyncSession) -> None:
-        # After slow work outside a transaction: the token may have been revoked, or
+    async def still_authorized(db: AsyncSession) -> None:
+        # After slow work outside a transaction: the session may have been revoked, or
         # the admin demoted, while the request waited.
-        await session.refresh(user)
-        if not token_speaks_for(user, claims.token_version):
+        await db.refresh(user)
+        if not token_speaks_for(user, await db.get(Session, session.id, populate_existing=True)):
             raise InvalidToken()
         if was_admin and not user.is_superuser:
             raise Forbidden("You are no longer an administrator.")
 
-    recheck_on_resume(session, still_authorized)
-    return user
+    recheck_on_resume(db, still_authorized)
+    return Caller(user=user, session=session)
+
+
+async def _current_user(caller: Annotated[Caller, Depends(_caller)]) -> User:
+    return caller.user
+
+
+async def _current_session(caller: Annotated[Caller, Depends(_caller)]) -> Session:
+    return caller.session
 
 
 async def _admin_user(user: Annotated[User, Depends(_current_user)]) -> User:
@@ -91,20 +125,33 @@ def may_manage(caller: User, user_id: uuid.UUID) -> bool:
 
 
 async def _target_user(
-    user_id: uuid.UUID, caller: Annotated[User, Depends(_current_user)], session: SessionDep
+    user_id: uuid.UUID, caller: Annotated[User, Depends(_current_user)], db: SessionDep
 ) -> User:
     if not may_manage(caller, user_id):
         raise Forbidden("Only administrators may act on other users.")
     if user_id == caller.id:
         return caller
-    user = await session.get(User, user_id)
+    user = await db.get(User, user_id)
+    if user is None:
+        raise UserNotFound()
+    return user
+
+
+async def _administered_user(
+    user_id: uuid.UUID, _: Annotated[User, Depends(_admin_user)], db: SessionDep
+) -> User:
+    user = await db.get(User, user_id)
     if user is None:
         raise UserNotFound()
     return user
 
 
 CurrentUser = Annotated[User, Depends(_current_user)]
+# The session of the calling access token (its `sid`).
+CurrentSession = Annotated[Session, Depends(_current_session)]
 AdminUser = Annotated[User, Depends(_admin_user)]
 # The `{user_id}` of the path: yourself, or for admins anyone (403 forbidden for others,
 # 404 user_not_found for an unknown id).
 TargetUser = Annotated[User, Depends(_target_user)]
+# The `{user_id}` of an admins-only path: 403 forbidden for everyone else, 404 if unknown.
+AdministeredUser = Annotated[User, Depends(_administered_user)]

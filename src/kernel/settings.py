@@ -41,6 +41,9 @@ class Settings(BaseSettings):
     jwt_audience: str = "userapi"
     access_token_ttl_seconds: int = Field(default=15 * 60, ge=30, le=24 * 3600)
     refresh_token_ttl_seconds: int = Field(default=30 * 24 * 3600, ge=60, le=365 * 24 * 3600)
+    max_sessions_per_user: int = Field(default=50, ge=1, le=10_000)
+    # A refresh token spent this recently may be presented again (0: never).
+    refresh_reuse_grace_seconds: int = Field(default=10, ge=0, le=300)
     login_max_failures: int = Field(default=5, ge=1, le=1000)
     login_lockout_seconds: int = Field(default=900, ge=1, le=7 * 24 * 3600)
     password_min_length: int = Field(default=8, ge=8, le=256)

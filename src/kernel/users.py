@@ -3,7 +3,7 @@
 import hashlib
 import uuid
 from datetime import UTC, datetime
-from typing import Annotated, Any, Self, TypeGuard
+from typing import Annotated, Any, Self
 
 from fastapi import Response
 from pydantic import BaseModel, PlainSerializer, WithJsonSchema
@@ -46,8 +46,6 @@ class User(SQLModel, table=True):
     avatar_url: str | None = Field(default=None, max_length=500)
     is_active: bool = Field(default=True)
     is_superuser: bool = Field(default=False)
-    # Carried in every token; bumping it revokes all of the user's tokens at once.
-    token_version: int = Field(default=1)
     # Optimistic-lock counter (SQLAlchemy version_id_col): the source of the ETag.
     version: int = Field(default=1)
     created_at: datetime = Field(default_factory=utc_now, sa_type=UTCDateTime)
@@ -66,26 +64,8 @@ class User(SQLModel, table=True):
     def is_active_admin(self) -> bool:
         return self.is_active and self.is_superuser
 
-    def revoke_tokens(self) -> None:
-        """Make every access and refresh token issued so far fail on its next use."""
-        self.token_version += 1
-
     def touch(self) -> None:
         self.updated_at = utc_now()
-
-    def deactivate(self) -> None:
-        """Soft delete: the row (and its email) stays; every token stops working."""
-        self.is_active = False
-        self.revoke_tokens()
-
-
-def token_speaks_for(user: User | None, token_version: int) -> TypeGuard[User]:
-    """The one rule for every token: it still speaks for its user.
-
-    The user exists, is active, and nothing has revoked their tokens since this one was
-    issued (deactivation and password change bump token_version).
-    """
-    return user is not None and user.is_active and user.token_version == token_version
 
 
 def _search_key(user: User) -> str:

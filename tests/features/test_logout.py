@@ -154,3 +154,15 @@ async def test_logout_racing_a_refresh_leaves_no_token_of_that_login_working(
             assert_problem(child, 401, "invalid_token")
         else:
             assert_problem(refreshed, 401, "invalid_token")
+
+
+async def test_logout_kills_that_sessions_access_token_at_once(
+    client: httpx.AsyncClient, user: Account
+) -> None:
+    other = await login(client, Account(id=user.id, email=user.email, password=user.password))
+
+    await logout(client, user.refresh_token)
+
+    me = await client.get("/api/v1/users/me", headers=user.headers)
+    assert_problem(me, 401, "invalid_token")
+    assert (await client.get("/api/v1/users/me", headers=other.headers)).status_code == 200

@@ -14,7 +14,7 @@ from typing import Any
 import jwt
 
 import features
-from tests.factories import TEST_SECRET
+from tests.factories import TEST_SECRET, Account
 
 FEATURES_DIR = Path(features.__path__[0])
 
@@ -70,19 +70,25 @@ def key_id(key: str) -> str:
     return hashlib.sha256(key.encode()).hexdigest()[:16]
 
 
-def access_claims(user_id: str, **changes: Any) -> dict[str, Any]:
-    """The claims of a valid access token for this user, as kernel.tokens issues them."""
+def access_claims(user: Account | str, **changes: Any) -> dict[str, Any]:
+    """The claims of a valid access token for this account's session, as kernel.tokens
+    issues them (for a bare user id: a session that does not exist)."""
     now = datetime.now(UTC)
+    if isinstance(user, Account):
+        user_id = user.id
+        session_id = jwt.decode(user.access_token, options={"verify_signature": False})["sid"]
+    else:
+        user_id, session_id = user, str(uuid.uuid4())
     claims: dict[str, Any] = {
         "iss": "userapi",
         "aud": "userapi",
         "sub": user_id,
+        "sid": session_id,
         "iat": now,
         "nbf": now,
         "exp": now + timedelta(minutes=15),
         "jti": uuid.uuid4().hex,
         "typ": "access",
-        "ver": 1,
     }
     return claims | changes
 

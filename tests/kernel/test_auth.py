@@ -26,7 +26,7 @@ async def test_forged_token_with_the_right_key_and_claims_is_accepted(
     client: httpx.AsyncClient, user: Account
 ) -> None:
     # The control for every negative test below: our own forgery is valid when done right.
-    response = await client.get(ME, headers=bearer(forge_token(access_claims(user.id))))
+    response = await client.get(ME, headers=bearer(forge_token(access_claims(user))))
 
     assert response.status_code == 200, response.text
     assert response.json()["id"] == user.id
@@ -55,7 +55,7 @@ async def test_garbage_token_is_401_invalid_token(client: httpx.AsyncClient) -> 
 async def test_token_signed_with_another_key_is_401(
     client: httpx.AsyncClient, user: Account
 ) -> None:
-    token = forge_token(access_claims(user.id), key=OTHER_SECRET)
+    token = forge_token(access_claims(user), key=OTHER_SECRET)
 
     response = await client.get(ME, headers=bearer(token))
 
@@ -63,7 +63,7 @@ async def test_token_signed_with_another_key_is_401(
 
 
 async def test_token_naming_an_unknown_key_is_401(client: httpx.AsyncClient, user: Account) -> None:
-    token = forge_token(access_claims(user.id), key=OTHER_SECRET, kid=key_id(OTHER_SECRET))
+    token = forge_token(access_claims(user), key=OTHER_SECRET, kid=key_id(OTHER_SECRET))
 
     response = await client.get(ME, headers=bearer(token))
 
@@ -74,7 +74,7 @@ async def test_unsigned_token_with_alg_none_is_401(
     client: httpx.AsyncClient, user: Account
 ) -> None:
     token = jwt.encode(
-        access_claims(user.id), None, algorithm="none", headers={"kid": key_id(TEST_SECRET)}
+        access_claims(user), None, algorithm="none", headers={"kid": key_id(TEST_SECRET)}
     )
 
     response = await client.get(ME, headers=bearer(token))
@@ -85,7 +85,7 @@ async def test_unsigned_token_with_alg_none_is_401(
 # The test key is shorter than HS512 would want; the point is that HS512 is refused at all.
 @pytest.mark.filterwarnings("ignore::jwt.warnings.InsecureKeyLengthWarning")
 async def test_token_signed_with_hs512_is_401(client: httpx.AsyncClient, user: Account) -> None:
-    token = forge_token(access_claims(user.id), algorithm="HS512")
+    token = forge_token(access_claims(user), algorithm="HS512")
 
     response = await client.get(ME, headers=bearer(token))
 
@@ -95,10 +95,8 @@ async def test_token_signed_with_hs512_is_401(client: httpx.AsyncClient, user: A
 async def test_token_with_a_tampered_payload_is_401(
     client: httpx.AsyncClient, user: Account, other_user: Account
 ) -> None:
-    header, _, signature = forge_token(access_claims(user.id)).split(".")
-    payload = json.dumps(
-        access_claims(other_user.id), default=lambda moment: int(moment.timestamp())
-    )
+    header, _, signature = forge_token(access_claims(user)).split(".")
+    payload = json.dumps(access_claims(other_user), default=lambda moment: int(moment.timestamp()))
     forged_payload = base64.urlsafe_b64encode(payload.encode()).rstrip(b"=").decode()
 
     response = await client.get(ME, headers=bearer(f"{header}.{forged_payload}.{signature}"))
@@ -109,7 +107,7 @@ async def test_token_with_a_tampered_payload_is_401(
 async def test_expired_token_is_401(client: httpx.AsyncClient, user: Account) -> None:
     now = datetime.now(UTC)
     claims = access_claims(
-        user.id,
+        user,
         iat=now - timedelta(minutes=20),
         nbf=now - timedelta(minutes=20),
         exp=now - timedelta(seconds=60),  # well beyond the 10 s clock-skew leeway
@@ -122,7 +120,7 @@ async def test_expired_token_is_401(client: httpx.AsyncClient, user: Account) ->
 
 async def test_token_not_yet_valid_is_401(client: httpx.AsyncClient, user: Account) -> None:
     later = datetime.now(UTC) + timedelta(minutes=5)
-    claims = access_claims(user.id, iat=later, nbf=later, exp=later + timedelta(minutes=15))
+    claims = access_claims(user, iat=later, nbf=later, exp=later + timedelta(minutes=15))
 
     response = await client.get(ME, headers=bearer(forge_token(claims)))
 
@@ -133,18 +131,18 @@ async def test_token_not_yet_valid_is_401(client: httpx.AsyncClient, user: Accou
 async def test_token_for_another_issuer_or_audience_is_401(
     client: httpx.AsyncClient, user: Account, claim: str, value: str
 ) -> None:
-    token = forge_token(access_claims(user.id, **{claim: value}))
+    token = forge_token(access_claims(user, **{claim: value}))
 
     response = await client.get(ME, headers=bearer(token))
 
     assert_problem(response, 401, "invalid_token")
 
 
-@pytest.mark.parametrize("claim", ["jti", "sub", "exp", "iat", "nbf", "iss", "aud"])
+@pytest.mark.parametrize("claim", ["jti", "sub", "sid", "exp", "iat", "nbf", "iss", "aud"])
 async def test_token_missing_a_required_claim_is_401(
     client: httpx.AsyncClient, user: Account, claim: str
 ) -> None:
-    claims = access_claims(user.id)
+    claims = access_claims(user)
     del claims[claim]
 
     response = await client.get(ME, headers=bearer(forge_token(claims)))
@@ -153,7 +151,7 @@ async def test_token_missing_a_required_claim_is_401(
 
 
 async def test_token_of_type_refresh_is_401(client: httpx.AsyncClient, user: Account) -> None:
-    token = forge_token(access_claims(user.id, typ="refresh"))
+    token = forge_token(access_claims(user, typ="refresh"))
 
     response = await client.get(ME, headers=bearer(token))
 

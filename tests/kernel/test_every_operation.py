@@ -44,6 +44,7 @@ from fastapi import FastAPI
 
 from kernel.app import create_app
 from kernel.db import Database
+from kernel.sessions import deactivate_account
 from kernel.users import User
 from tests.conftest import make_settings
 from tests.factories import Account, assert_problem, make_admin, refresh
@@ -335,7 +336,7 @@ async def test_operation_with_a_wrongly_signed_token_is_401(
 ) -> None:
     # Claims the server would accept for `user`, under the server's key id: only the
     # signature is wrong.
-    headers = bearer(forge_token(access_claims(user.id), key=OTHER_SECRET))
+    headers = bearer(forge_token(access_claims(user), key=OTHER_SECRET))
 
     await _refused_with_token(client, admin, user, operation, headers, "invalid_token")
 
@@ -350,7 +351,7 @@ async def test_operation_with_a_deactivated_users_token_is_401(
     async with database.session() as session:
         record = await session.get(User, uuid.UUID(former_admin.id))
         assert record is not None
-        record.deactivate()
+        await deactivate_account(session, record)
 
     await _refused_with_token(client, admin, user, operation, former_admin.headers, "invalid_token")
 

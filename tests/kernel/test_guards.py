@@ -12,7 +12,7 @@ from typing import Any, get_args
 from fastapi.dependencies.models import Dependant
 from fastapi.routing import APIRoute
 
-from kernel.deps import CurrentUser
+from kernel.deps import CurrentSession, CurrentUser
 from kernel.slices import API_PREFIX, load_slices, slice_names
 from tests.kernel.helpers import FEATURES_DIR
 
@@ -74,7 +74,7 @@ def test_discovery_finds_exactly_the_slice_folders() -> None:
 
 
 def test_every_route_outside_the_public_list_requires_the_current_user() -> None:
-    current_user = get_args(CurrentUser)[1].dependency
+    authenticated = {get_args(alias)[1].dependency for alias in (CurrentUser, CurrentSession)}
     routes = [
         (method, f"{API_PREFIX}{route.path}", route)
         for module in load_slices()
@@ -87,7 +87,7 @@ def test_every_route_outside_the_public_list_requires_the_current_user() -> None
     unprotected = [
         f"{method} {path}"
         for method, path, route in routes
-        if (method, path) not in PUBLIC_ROUTES and current_user not in calls_of(route.dependant)
+        if (method, path) not in PUBLIC_ROUTES and not authenticated & calls_of(route.dependant)
     ]
 
     assert unprotected == []

@@ -1,4 +1,4 @@
-"""`userapi purge-expired` sweeps expired refresh tokens and stale login counters."""
+"""`userapi purge-expired` sweeps expired sessions and stale login counters."""
 
 import uuid
 from datetime import timedelta
@@ -11,33 +11,33 @@ from sqlmodel import col
 
 from kernel.db import Database, utc_now
 from kernel.guesses import PasswordAttempt
-from kernel.tokens import RefreshToken
+from kernel.sessions import Session
 from tests.factories import assert_problem, make_user
 from tests.servers import run_cli, server_env
 from tests.waiting import wait_until
 
 
-async def _expire_refresh_tokens_of(app: FastAPI, user_id: str) -> None:
+async def _expire_sessions_of(app: FastAPI, user_id: str) -> None:
     database: Database = app.state.database
     async with database.session() as session:
         await session.execute(
-            update(RefreshToken)
-            .where(col(RefreshToken.user_id) == uuid.UUID(user_id))
+            update(Session)
+            .where(col(Session.user_id) == uuid.UUID(user_id))
             .values(expires_at=utc_now())
         )
 
 
-async def test_purge_deletes_expired_refresh_tokens_and_keeps_live_ones(
+async def test_purge_deletes_expired_sessions_and_keeps_live_ones(
     client: httpx.AsyncClient, app: FastAPI, database_url: str, tmp_path: Path
 ) -> None:
     expired = await make_user(client)
     live = await make_user(client)
-    await _expire_refresh_tokens_of(app, expired.id)
+    await _expire_sessions_of(app, expired.id)
 
     result = await run_cli("purge-expired", env=server_env(database_url), cwd=tmp_path)
 
     assert result.returncode == 0, result.stderr
-    assert "1 expired refresh tokens deleted" in result.stdout
+    assert "1 expired sessions deleted" in result.stdout
     gone = await client.post("/api/v1/auth/refresh", json={"refresh_token": expired.refresh_token})
     assert_problem(gone, 401, "invalid_token")
     kept = await client.post("/api/v1/auth/refresh", json={"refresh_token": live.refresh_token})

@@ -1,8 +1,9 @@
 """Revocation holds across processes: two real servers on one database.
 
-Log in through one server, deactivate or change the password through the other: the
-first server rejects the old tokens on the very next request (no shared memory, only
-the database's token_version).
+Log in through one server, deactivate, change the password, end a session or log out
+through the other: the first server rejects the old tokens on the very next request (no
+shared memory, only the database's sessions). A refresh retried on the other server
+within the grace window keeps the session.
 """
 
 from pathlib import Path
@@ -105,3 +106,50 @@ async def test_password_change_on_one_server_revokes_tokens_on_the_other(
             headers={"Authorization": f"Bearer {fresh['access_token']}"},
         )
         assert me.status_code == 200
+
+
+async def test_sessions_hold_across_two_servers(database_url: str, tmp_path: Path) -> None:
+    async with (
+        running_server(database_url, tmp_path) as first,
+        running_server(database_url, tmp_path) as second,
+        httpx.AsyncClient(timeout=30) as client,
+    ):
+        await _register(client, first, "phone@example.com")
+        login = await _login(client, first, "phone@example.com", DEFAULT_PASSWORD)
+
+        # A refresh answered by one server, whose response was lost, retried on the other.
+        lost = await client.post(
+            f"{first.base_url}/api/v1/auth/refresh",
+            json={"refresh_token": login["refresh_token"]},
+        )
+        retried = await client.post(
+            f"{second.base_url}/api/v1/auth/refresh",
+            json={"refresh_token": login["refresh_token"]},
+        )
+        assert lost.status_code == 200, lost.text
+        assert retried.status_code == 200, retried.text
+        assert retried.json()["refresh_token"] == lost.json()["refresh_token"]
+        phone = {"Authorization": f"Bearer {retried.json()['access_token']}"}
+
+        # A session ended through one server is refused by the other on its next request.
+        tablet = await _login(client, second, "phone@example.com", DEFAULT_PASSWORD)
+        tablet_bearer = {"Authorization": f"Bearer {tablet['access_token']}"}
+        sessions = await client.get(
+            f"{second.base_url}/api/v1/users/me/sessions", headers=tablet_bearer
+        )
+        tablet_session = next(item["id"] for item in sessions.json()["items"] if item["current"])
+        ended = await client.delete(
+            f"{first.base_url}/api/v1/users/me/sessions/{tablet_session}", headers=phone
+        )
+        assert ended.status_code == 204, ended.text
+        tablet_after = await client.get(f"{second.base_url}/api/v1/users/me", headers=tablet_bearer)
+        assert_problem(tablet_after, 401, "invalid_token")
+
+        # Logout through one server kills that session's access token on the other.
+        logout = await client.post(
+            f"{second.base_url}/api/v1/auth/logout",
+            json={"refresh_token": retried.json()["refresh_token"]},
+        )
+        assert logout.status_code == 204
+        phone_after = await client.get(f"{first.base_url}/api/v1/users/me", headers=phone)
+        assert_problem(phone_after, 401, "invalid_token")
