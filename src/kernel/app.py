@@ -23,7 +23,7 @@ from kernel.migrations import current_revision, head_revision
 from kernel.openapi import install_openapi
 from kernel.sessions import RefreshTokens
 from kernel.settings import Settings, load_settings
-from kernel.slices import mount_slices
+from kernel.slices import mount_slices, refuse_methods_a_literal_path_lacks
 from kernel.tokens import AccessTokens
 
 log = logging.getLogger("userapi")
@@ -58,7 +58,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         docs_url="/docs" if settings.docs_enabled else None,
         redoc_url=None,
         openapi_url="/openapi.json" if settings.docs_enabled else None,
-        dependencies=[Depends(require_declared_media_type)],
+        dependencies=[
+            Depends(refuse_methods_a_literal_path_lacks),
+            Depends(require_declared_media_type),
+        ],
         # operationId = the route function's name ("login", "update_me"): what generated
         # clients call their methods, so it should read well.
         generate_unique_id_function=lambda route: route.name.removesuffix("_route"),

@@ -103,6 +103,10 @@ class PreconditionFailed(ProblemError):
     status, code, detail = 412, "precondition_failed", "The resource has changed (If-Match)."
 
 
+class MethodNotAllowed(ProblemError):
+    status, code, detail = 405, "method_not_allowed", "Method Not Allowed"
+
+
 class UnsupportedMediaType(ProblemError):
     status, code, detail = 415, "unsupported_media_type", "This content type is not accepted."
 
@@ -185,12 +189,20 @@ async def _on_validation(_: Request, error: Exception) -> Response:
 
 
 def _allowed_methods(request: Request, first_match: str) -> str:
-    """Every method the path takes, not only those of the first route that matched it."""
-    methods = {method.strip() for method in first_match.split(",") if method.strip()}
-    for pattern, route_methods in getattr(request.app.state, "slice_methods", []):
-        if pattern.match(request.url.path):
-            methods |= route_methods
-    return ", ".join(sorted(methods))
+    """Every method of the path's own item in /openapi.json, not only those of the first
+    route that matched: a literal path (/users/me) is its own item, even where a
+    templated one (/users/{user_id}) would match it too."""
+    matches = [
+        (literal, methods)
+        for pattern, literal, methods in getattr(request.app.state, "slice_methods", [])
+        if pattern.match(request.url.path)
+    ]
+    if any(literal for literal, _ in matches):
+        matches = [(literal, methods) for literal, methods in matches if literal]
+    allowed = {method for _, methods in matches for method in methods}
+    if not allowed:  # a route outside the slices and the kernel's API routes (/docs)
+        allowed = {method.strip() for method in first_match.split(",") if method.strip()}
+    return ", ".join(sorted(allowed))
 
 
 async def _on_http(request: Request, error: Exception) -> Response:

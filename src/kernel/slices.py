@@ -13,11 +13,12 @@ import re
 from pathlib import Path
 from types import ModuleType
 
-from fastapi import APIRouter, FastAPI
+from fastapi import APIRouter, FastAPI, Request
 from fastapi.routing import APIRoute
 from starlette.routing import compile_path
 
 import features
+from kernel.errors import MethodNotAllowed
 
 API_PREFIX = "/api/v1"
 # The one route the kernel names: OAuth2's password flow must point at a token URL, and
@@ -81,11 +82,11 @@ class _Claims:
     """Which slice mounted each route and operation id, to refuse a second claim."""
 
     def __init__(self) -> None:
-        self._routes: list[tuple[re.Pattern[str], frozenset[str], str]] = []
+        self._routes: list[tuple[re.Pattern[str], str, frozenset[str], str]] = []
         self._operation_ids: dict[str, str] = {}
 
     def add(self, methods: frozenset[str], path: str, operation_id: str, owner: str) -> None:
-        for pattern, earlier_methods, earlier_owner in self._routes:
+        for pattern, _, earlier_methods, earlier_owner in self._routes:
             shared = earlier_methods & methods
             # The earlier route matches this one's path: requests never reach this one.
             if shared and pattern.match(path):
@@ -99,10 +100,19 @@ class _Claims:
                 f"and by {owner}"
             )
         self._operation_ids[operation_id] = owner
-        self._routes.append((compile_path(path)[0], methods, owner))
+        self._routes.append((compile_path(path)[0], path, methods, owner))
 
-    def methods_by_path(self) -> list[tuple[re.Pattern[str], frozenset[str]]]:
-        return [(pattern, methods) for pattern, methods, _ in self._routes]
+    def literal_paths(self) -> dict[str, frozenset[str]]:
+        """The methods of each path without parameters."""
+        paths: dict[str, frozenset[str]] = {}
+        for _, path, methods, _ in self._routes:
+            if "{" not in path:
+                paths[path] = paths.get(path, frozenset()) | methods
+        return paths
+
+    def methods_by_path(self) -> list[tuple[re.Pattern[str], bool, frozenset[str]]]:
+        """(pattern, whether the path is literal, methods) of every route."""
+        return [(pattern, "{" not in path, methods) for pattern, path, methods, _ in self._routes]
 
 
 def mount_slices(app: FastAPI) -> None:
@@ -122,3 +132,15 @@ def mount_slices(app: FastAPI) -> None:
     # Which methods each path takes: a 405 must list all of them in Allow, and two
     # slices may share a path (GET and PATCH /users/me).
     app.state.slice_methods = claims.methods_by_path()
+    app.state.literal_paths = claims.literal_paths()
+
+
+async def refuse_methods_a_literal_path_lacks(request: Request) -> None:
+    """App-wide: a path without parameters is its own resource, as /openapi.json shows it.
+
+    DELETE /users/me/sessions/revoke-others would otherwise reach DELETE
+    /users/me/sessions/{session_id} and answer 422 for a malformed id: it is a 405.
+    """
+    allowed = request.app.state.literal_paths.get(request.scope["path"])
+    if allowed is not None and request.method not in allowed:
+        raise MethodNotAllowed(headers={"Allow": ", ".join(sorted(allowed))})

@@ -12,7 +12,7 @@ import httpx
 import pytest
 
 from kernel.middleware import MAX_BODY_BYTES
-from tests.factories import assert_problem, registration
+from tests.factories import Account, assert_problem, registration
 
 REGISTER = "/api/v1/auth/register"
 JSON_HEADERS = {"Content-Type": "application/json"}
@@ -57,6 +57,27 @@ async def test_405_lists_every_method_the_path_takes(client: httpx.AsyncClient) 
     allowed = {method.strip() for method in response.headers["allow"].split(",")}
     assert {"GET", "PATCH"} <= allowed
     assert "DELETE" not in allowed
+
+
+async def test_405_on_a_literal_path_lists_its_own_methods_only(
+    client: httpx.AsyncClient,
+) -> None:
+    # /users/me/sessions/{session_id} (DELETE) would match this path too, but the path
+    # is its own item in /openapi.json, with POST alone.
+    response = await client.put("/api/v1/users/me/sessions/revoke-others")
+
+    assert_problem(response, 405, "method_not_allowed")
+    assert response.headers["allow"] == "POST"
+
+
+async def test_a_templated_route_does_not_answer_for_a_literal_path(
+    client: httpx.AsyncClient, user: Account
+) -> None:
+    # DELETE /users/me/sessions/{session_id} would match; the literal path takes only POST.
+    response = await client.delete("/api/v1/users/me/sessions/revoke-others", headers=user.headers)
+
+    assert_problem(response, 405, "method_not_allowed")
+    assert response.headers["allow"] == "POST"
 
 
 # --- X-Request-ID -----------------------------------------------------------------------
