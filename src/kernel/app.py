@@ -22,6 +22,7 @@ from kernel.middleware import (
 from kernel.migrations import current_revision, head_revision
 from kernel.openapi import install_openapi
 from kernel.settings import Settings, load_settings
+from kernel.signing_keys import Keyring
 from kernel.slices import mount_slices
 from kernel.tokens import AccessTokens
 
@@ -42,11 +43,16 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     database = Database(settings)
     hashing = PasswordHashing(settings)
     schema_head = head_revision()
+    keyring = Keyring(settings)
 
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
         await hashing.warm_up()
+        # Creates the first signing key if there is none; then re-reads the set in the
+        # background, so a rotation reaches this process without a restart.
+        await keyring.start(database)
         yield
+        await keyring.stop()
         await database.dispose()
 
     app = FastAPI(
@@ -66,7 +72,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.database = database
     app.state.hashing = hashing
     app.state.guesses = PasswordGuesses(database, hashing, settings)
-    app.state.access_tokens = AccessTokens(settings)
+    app.state.access_tokens = AccessTokens(settings, keyring)
 
     # Each add_middleware wraps the ones before it: the body guard is innermost, so its
     # early 413/422/500 answers still get CORS headers; the request id is outermost, so

@@ -72,6 +72,7 @@ def load_slices() -> list[ModuleType]:
 def load_tables() -> None:
     """Import the kernel's tables and every slice's, for Alembic and for tests."""
     import kernel.guesses
+    import kernel.signing_keys
     import kernel.tokens  # noqa: F401
 
     load_slices()
