@@ -263,7 +263,7 @@ async def _lock(session: AsyncSession) -> None:
         await session.execute(select(func.pg_advisory_xact_lock(_LOCK)))
 
 
-def _new_row(settings: Settings, signs_from: datetime) -> SigningKey:
+def _new_row(settings: Settings, *, created_at: datetime, signs_from: datetime) -> SigningKey:
     private, jwk = _generate(settings.jwt_algorithm)
     kid = secrets.token_urlsafe(12)
     jwk |= {"kid": kid, "alg": settings.jwt_algorithm, "use": "sig"}
@@ -277,6 +277,7 @@ def _new_row(settings: Settings, signs_from: datetime) -> SigningKey:
         algorithm=settings.jwt_algorithm,
         public_jwk=json.dumps(jwk),
         private_key=seal(settings.signing_key, kid, pem),
+        created_at=created_at,
         signs_from=signs_from,
     )
 
@@ -304,20 +305,22 @@ async def ensure_signing_key(session: AsyncSession, settings: Settings) -> None:
         now = utc_now()
         # Keys of the previous algorithm still verify the tokens they signed.
         await _retire_current(session, settings, now)
-        session.add(_new_row(settings, now))
+        session.add(_new_row(settings, created_at=now, signs_from=now))
         await session.flush()
 
 
 async def rotate(session: AsyncSession, settings: Settings) -> SigningKey:
     """Publish a new key now; it signs after KEY_PUBLISH_SECONDS, when the others retire."""
     await _lock(session)
-    signs_from = utc_now() + timedelta(seconds=settings.key_publish_seconds)
+    now = utc_now()
+    signs_from = now + timedelta(seconds=settings.key_publish_seconds)
     await _retire_current(session, settings, signs_from)
-    row = _new_row(settings, signs_from)
+    row = _new_row(settings, created_at=now, signs_from=signs_from)
     session.add(row)
     await session.flush()
     return row
 
 
 async def listed(session: AsyncSession) -> list[SigningKey]:
-    return list((await session.scalars(select(SigningKey).order_by(col(SigningKey.signs_from)))).all())
+    rows = await session.scalars(select(SigningKey).order_by(col(SigningKey.signs_from)))
+    return list(rows.all())
