@@ -88,14 +88,18 @@ def unseal(secrets_to_try: list[str], kid: str, sealed: str) -> bytes:
     raise ValueError(f"signing key {kid} does not open with SECRET_KEY or SECRET_KEY_PREVIOUS")
 
 
+def _public_jwk(algorithm: str, public: Any) -> dict[str, Any]:
+    exporter: Any = OKPAlgorithm if algorithm == "EdDSA" else ECAlgorithm
+    jwk: dict[str, Any] = exporter.to_jwk(public, as_dict=True)
+    return jwk
+
+
 def _generate(algorithm: str) -> tuple[Any, dict[str, Any]]:
     if algorithm == "EdDSA":
         private: Any = ed25519.Ed25519PrivateKey.generate()
-        jwk = OKPAlgorithm.to_jwk(private.public_key(), as_dict=True)
     else:
         private = ec.generate_private_key(ec.SECP256R1())
-        jwk = ECAlgorithm.to_jwk(private.public_key(), as_dict=True)
-    return private, jwk
+    return private, _public_jwk(algorithm, private.public_key())
 
 
 def _hmac_kid(key: str) -> str:
@@ -126,9 +130,13 @@ class Key:
 
 
 def _loaded(row: SigningKey, secrets_to_try: list[str]) -> Key:
+    # The public key comes from the sealed private one, never from the public_jwk column:
+    # a row written by someone who can write to the database but lacks SECRET_KEY does
+    # not open, so it can neither sign nor verify.
     private = serialization.load_pem_private_key(
         unseal(secrets_to_try, row.kid, row.private_key), password=None
     )
+    jwk = _public_jwk(row.algorithm, private.public_key())
     return Key(
         kid=row.kid,
         algorithm=row.algorithm,
@@ -137,7 +145,7 @@ def _loaded(row: SigningKey, secrets_to_try: list[str]) -> Key:
         signs_from=row.signs_from,
         retired_at=row.retired_at,
         expires_at=row.expires_at,
-        public_jwk=json.loads(row.public_jwk),
+        public_jwk=jwk | {"kid": row.kid, "alg": row.algorithm, "use": "sig"},
     )
 
 
@@ -154,6 +162,7 @@ class Keyring:
         self.refresh_seconds = min(REFRESH_SECONDS, settings.key_publish_seconds / 3)
         self._wake = asyncio.Event()
         self._last_unknown_reload = 0.0
+        self._unopened: set[str] = set()
         self._task: asyncio.Task[None] | None = None
 
     @property
@@ -170,7 +179,7 @@ class Keyring:
         started = [k for k in candidates if k.signs_from and k.signs_from <= now]
         live = [k for k in started if k.signs_at(now)] or started
         if not live:
-            raise DatabaseUnavailable("No signing key is loaded yet: the database is unreachable.")
+            raise DatabaseUnavailable("No signing key is usable yet.")
         return max(live, key=lambda k: k.signs_from or now)
 
     def verifying_key(self, kid: str) -> Key | None:
@@ -217,8 +226,17 @@ class Keyring:
             # Only the dates can change after creation; the key itself is opened once.
             if known is not None:
                 keys[row.kid] = replace(known, retired_at=row.retired_at, expires_at=row.expires_at)
-            else:
+                continue
+            try:
                 keys[row.kid] = _loaded(row, self._secrets)
+            except ValueError:
+                if row.kid not in self._unopened:
+                    self._unopened.add(row.kid)
+                    log.error(
+                        "signing key %s does not open with this SECRET_KEY: every process "
+                        "must share SECRET_KEY; the key is ignored here",
+                        row.kid,
+                    )
         self._keys = keys
 
     async def start(self, database: Database) -> None:
@@ -291,16 +309,21 @@ async def _retire_current(session: AsyncSession, settings: Settings, at: datetim
     )
 
 
-async def ensure_signing_key(session: AsyncSession, settings: Settings) -> None:
-    """First start-up (or a new JWT_ALGORITHM): a key that signs at once. Race-safe: the
-    lock makes the processes starting together create exactly one."""
-    await _lock(session)
-    current = await session.scalar(
+async def _current_kid(session: AsyncSession, settings: Settings) -> str | None:
+    """The unretired key of the configured algorithm, if there is one."""
+    return await session.scalar(
         select(col(SigningKey.kid)).where(
             col(SigningKey.algorithm) == settings.jwt_algorithm,
             col(SigningKey.retired_at).is_(None),
         )
     )
+
+
+async def ensure_signing_key(session: AsyncSession, settings: Settings) -> None:
+    """First start-up (or a new JWT_ALGORITHM): a key that signs at once. Race-safe: the
+    lock makes the processes starting together create exactly one."""
+    await _lock(session)
+    current = await _current_kid(session, settings)
     if current is None:
         now = utc_now()
         # Keys of the previous algorithm still verify the tokens they signed.
@@ -313,7 +336,10 @@ async def rotate(session: AsyncSession, settings: Settings) -> SigningKey:
     """Publish a new key now; it signs after KEY_PUBLISH_SECONDS, when the others retire."""
     await _lock(session)
     now = utc_now()
-    signs_from = now + timedelta(seconds=settings.key_publish_seconds)
+    current = await _current_kid(session, settings)
+    # With no key to hand over from (never served yet), the new one signs at once.
+    delay = settings.key_publish_seconds if current is not None else 0
+    signs_from = now + timedelta(seconds=delay)
     await _retire_current(session, settings, signs_from)
     row = _new_row(settings, created_at=now, signs_from=signs_from)
     session.add(row)

@@ -6,6 +6,7 @@ is in test_key_rotation.py.
 """
 
 import asyncio
+import json
 from collections.abc import AsyncIterator
 from datetime import timedelta
 from pathlib import Path
@@ -22,7 +23,7 @@ from kernel.settings import Settings
 from kernel.signing_keys import CLOCK_SKEW_SECONDS, Keyring, SigningKey, rotate, unseal
 from tests.conftest import make_settings
 from tests.factories import TEST_SECRET, Account, assert_problem, login, make_user, serving
-from tests.kernel.helpers import access_claims, bearer, forge_token, signing_key
+from tests.kernel.helpers import access_claims, bearer, forge_token, generated_key, signing_key
 from tests.waiting import poll, wait_until
 
 ME = "/api/v1/users/me"
@@ -252,3 +253,38 @@ async def test_garbage_kids_do_not_cost_a_query_each(
 
     # One re-read per second at most (plus the periodic one), not one per request.
     assert len(key_reads) <= 4, key_reads
+
+
+async def test_a_key_row_written_without_the_secret_key_is_not_trusted(
+    quick: tuple[FastAPI, httpx.AsyncClient],
+) -> None:
+    # Someone who can write to the database, but lacks SECRET_KEY, adds their own key.
+    app, client = quick
+    user = await make_user(client)
+    database: Database = app.state.database
+    attacker, jwk = generated_key("EdDSA")
+    async with database.session() as session:
+        session.add(
+            SigningKey(
+                kid="planted",
+                algorithm="EdDSA",
+                public_jwk=json.dumps(jwk | {"kid": "planted", "alg": "EdDSA", "use": "sig"}),
+                private_key="bm90IHNlYWxlZCB3aXRoIG91ciBzZWNyZXQ=",
+                signs_from=utc_now(),
+                retired_at=utc_now(),
+                expires_at=utc_now() + timedelta(hours=1),
+            )
+        )
+        # A real rotation in the same transaction: seeing its key proves a re-read.
+        legit = await rotate(session, app.state.settings)
+    token = forge_token(access_claims(user.id), key=attacker, algorithm="EdDSA", kid="planted")
+
+    answers = await poll(
+        lambda: client.get(JWKS),
+        until=lambda r: legit.kid in [key["kid"] for key in r.json()["keys"]],
+        within=30,
+        what="a re-read of the key table",
+    )
+
+    assert "planted" not in [key["kid"] for key in answers[-1].json()["keys"]]
+    assert_problem(await client.get(ME, headers=bearer(token)), 401, "invalid_token")
