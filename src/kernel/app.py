@@ -23,6 +23,7 @@ from kernel.migrations import current_revision, head_revision
 from kernel.openapi import install_openapi
 from kernel.sessions import RefreshTokens
 from kernel.settings import Settings, load_settings
+from kernel.signing_keys import Keyring
 from kernel.slices import mount_slices, refuse_methods_a_literal_path_lacks
 from kernel.tokens import AccessTokens
 
@@ -43,11 +44,16 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     database = Database(settings)
     hashing = PasswordHashing(settings)
     schema_head = head_revision()
+    keyring = Keyring(settings)
 
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
         await hashing.warm_up()
+        # Creates the first signing key if there is none; then re-reads the set in the
+        # background, so a rotation reaches this process without a restart.
+        await keyring.start(database)
         yield
+        await keyring.stop()
         await database.dispose()
 
     app = FastAPI(
@@ -70,7 +76,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.database = database
     app.state.hashing = hashing
     app.state.guesses = PasswordGuesses(database, hashing, settings)
-    app.state.access_tokens = AccessTokens(settings)
+    app.state.access_tokens = AccessTokens(settings, keyring)
     app.state.refresh_tokens = RefreshTokens(settings)
 
     # Each add_middleware wraps the ones before it: the body guard is innermost, so its

@@ -1,4 +1,4 @@
-"""The `userapi` command: serve | migrate | create-admin | purge-expired | new-feature."""
+"""The `userapi` command: serve | migrate | create-admin | purge-expired | keys | new-feature."""
 
 import argparse
 import asyncio
@@ -23,6 +23,7 @@ from kernel.hashing import PasswordHashing
 from kernel.passwords import Password
 from kernel.sessions import purge_expired_sessions
 from kernel.settings import Settings, load_settings
+from kernel.signing_keys import SigningKey, listed, rotate
 from kernel.users import User, create_user
 
 SCAFFOLD = Path(__file__).resolve().parent / "scaffold"
@@ -69,6 +70,33 @@ async def _purge_expired(settings: Settings) -> dict[str, int]:
             }
     finally:
         await database.dispose()
+
+
+async def _keys(settings: Settings, action: str) -> list[SigningKey]:
+    if settings.jwt_algorithm == "HS256":
+        raise CommandError(
+            "JWT_ALGORITHM=HS256 signs with SECRET_KEY: rotate it with SECRET_KEY_PREVIOUS"
+        )
+    database = Database(settings)
+    try:
+        if settings.auto_migrate:
+            await migrations.upgrade(database)
+        async with database.session() as session:
+            if action == "rotate":
+                return [await rotate(session, settings)]
+            return await listed(session)
+    finally:
+        await database.dispose()
+
+
+def _key_line(key: SigningKey) -> str:
+    # Public facts only: the private key is never printed.
+    retired = key.retired_at.isoformat() if key.retired_at else "-"
+    expires = key.expires_at.isoformat() if key.expires_at else "-"
+    return (
+        f"{key.kid}  {key.algorithm:<5}  signs from {key.signs_from.isoformat()}  "
+        f"retired {retired}  leaves the JWKS {expires}"
+    )
 
 
 def _validated(adapter: TypeAdapter[str], value: str, what: str) -> str:
@@ -171,6 +199,13 @@ def _parser() -> argparse.ArgumentParser:
     )
     admin.add_argument("--first-name", default="Admin")
     admin.add_argument("--last-name", default="User")
+    keys = commands.add_parser("keys", help="the keys that sign access tokens")
+    keys_action = keys.add_subparsers(dest="action", required=True)
+    keys_action.add_parser(
+        "rotate",
+        help="publish a new key now; it signs after KEY_PUBLISH_SECONDS, the old one retires",
+    )
+    keys_action.add_parser("list", help="every key, with when it signs, retires and leaves")
     feature = commands.add_parser(
         "new-feature", help="copy the slice template to features/NAME (run it in the project root)"
     )
@@ -194,6 +229,12 @@ def main(argv: list[str] | None = None) -> None:
         elif args.command == "purge-expired":
             for name, count in asyncio.run(_purge_expired(settings)).items():
                 print(f"{count} expired {name} deleted")
+        elif args.command == "keys":
+            keys = asyncio.run(_keys(settings, args.action))
+            if args.action == "rotate":
+                print(f"published {keys[0].kid}; it signs from {keys[0].signs_from.isoformat()}")
+            for key in keys if args.action == "list" else []:
+                print(_key_line(key))
         elif args.command == "create-admin" and args.promote:
             admin = asyncio.run(_promote(settings, args.promote))
             state = "" if admin.is_active else " (deactivated: reactivate it to sign in)"

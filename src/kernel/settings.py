@@ -39,6 +39,11 @@ class Settings(BaseSettings):
     secret_key_previous: str = Field(default="", repr=False)
     jwt_issuer: str = "userapi"
     jwt_audience: str = "userapi"
+    # EdDSA (Ed25519) or ES256: other services verify with the published JWKS. HS256:
+    # one shared secret (SECRET_KEY), for a single service only.
+    jwt_algorithm: Literal["EdDSA", "ES256", "HS256"] = "EdDSA"
+    # A new key is in the JWKS this long before it signs, so verifiers' caches have it.
+    key_publish_seconds: int = Field(default=300, ge=1, le=7 * 24 * 3600)
     access_token_ttl_seconds: int = Field(default=15 * 60, ge=30, le=24 * 3600)
     refresh_token_ttl_seconds: int = Field(default=30 * 24 * 3600, ge=60, le=365 * 24 * 3600)
     max_sessions_per_user: int = Field(default=50, ge=1, le=10_000)

@@ -1,7 +1,9 @@
 """Find every slice under features/ and mount it: the kernel knows no feature by name.
 
 A slice is a package `features/<name>/` (an `__init__.py`) holding `slice.py`, whose
-module-level `router: APIRouter` is mounted under /api/v1. Names starting with `_` are
+module-level `router: APIRouter` is mounted under /api/v1. A slice that must answer at
+a path fixed by a standard (`/.well-known/...`) also declares `root_router: APIRouter`,
+mounted at the root with the same checks. Names starting with `_` are
 skipped (drafts, helpers). Anything else is refused at start-up with one line naming it:
 a folder that is not a package or has no slice.py, a stray module, a slice without a
 router, and two routes that claim the same method and path or the same operation id
@@ -66,6 +68,8 @@ def load_slices() -> list[ModuleType]:
         module = importlib.import_module(f"{features.__name__}.{name}.slice")
         if not isinstance(getattr(module, "router", None), APIRouter):
             raise SliceError(f"{module.__name__} has no module-level `router: APIRouter`")
+        if not isinstance(getattr(module, "root_router", APIRouter()), APIRouter):
+            raise SliceError(f"{module.__name__}: `root_router` must be an APIRouter")
         modules.append(module)
     return modules
 
@@ -73,7 +77,8 @@ def load_slices() -> list[ModuleType]:
 def load_tables() -> None:
     """Import the kernel's tables and every slice's, for Alembic and for tests."""
     import kernel.guesses
-    import kernel.sessions  # noqa: F401
+    import kernel.sessions
+    import kernel.signing_keys  # noqa: F401
 
     load_slices()
 
@@ -115,6 +120,14 @@ class _Claims:
         return [(pattern, "{" not in path, methods) for pattern, path, methods, _ in self._routes]
 
 
+def mounted_routers(module: ModuleType) -> list[tuple[str, APIRouter]]:
+    """A slice's routers with their prefixes: `router` under /api/v1, `root_router` at /."""
+    routers = [(API_PREFIX, module.router)]
+    if isinstance(root := getattr(module, "root_router", None), APIRouter):
+        routers.append(("", root))
+    return routers
+
+
 def mount_slices(app: FastAPI) -> None:
     claims = _Claims()
     for route in app.router.routes:
@@ -122,13 +135,16 @@ def mount_slices(app: FastAPI) -> None:
             claims.add(frozenset(route.methods or ()), route.path, route.unique_id, "the kernel")
     for module in load_slices():
         owner = f"slice {module.__name__.split('.')[1]}"
-        for route in module.router.routes:
-            if isinstance(route, APIRoute):
-                operation_id = route.operation_id or app.router.generate_unique_id_function(route)
-                claims.add(
-                    frozenset(route.methods or ()), API_PREFIX + route.path, operation_id, owner
-                )
-        app.include_router(module.router, prefix=API_PREFIX)
+        for prefix, router in mounted_routers(module):
+            for route in router.routes:
+                if isinstance(route, APIRoute):
+                    operation_id = route.operation_id or app.router.generate_unique_id_function(
+                        route
+                    )
+                    claims.add(
+                        frozenset(route.methods or ()), prefix + route.path, operation_id, owner
+                    )
+            app.include_router(router, prefix=prefix)
     # Which methods each path takes: a 405 must list all of them in Allow, and two
     # slices may share a path (GET and PATCH /users/me).
     app.state.slice_methods = claims.methods_by_path()

@@ -3,7 +3,6 @@
 Refresh tokens and sessions are kernel.sessions.
 """
 
-import hashlib
 import uuid
 from dataclasses import dataclass
 from datetime import timedelta
@@ -14,15 +13,9 @@ import jwt
 from kernel.db import utc_now
 from kernel.errors import InvalidToken
 from kernel.settings import Settings
+from kernel.signing_keys import CLOCK_SKEW_SECONDS, Keyring
 
-ALGORITHM = "HS256"
-CLOCK_SKEW_SECONDS = 10
 REQUIRED_CLAIMS = ["exp", "iat", "nbf", "iss", "aud", "sub", "jti", "sid"]
-
-
-def _key_id(key: str) -> str:
-    # Names a key without revealing it, so a verifier can pick the right one during rotation.
-    return hashlib.sha256(key.encode()).hexdigest()[:16]
 
 
 @dataclass(frozen=True)
@@ -32,16 +25,14 @@ class AccessClaims:
 
 
 class AccessTokens:
-    """Issue and strictly verify access JWTs; an old key still verifies until removed."""
+    """Issue and strictly verify access JWTs; an old key still verifies until removed.
 
-    def __init__(self, settings: Settings) -> None:
-        self._signing_key = settings.signing_key
-        self._signing_kid = _key_id(self._signing_key)
-        self._verifying_keys = {self._signing_kid: self._signing_key}
-        if settings.secret_key_previous:
-            self._verifying_keys[_key_id(settings.secret_key_previous)] = (
-                settings.secret_key_previous
-            )
+    The keys come from the keyring (kernel.signing_keys): every token names its key
+    (kid), and verification allows only that key's own algorithm.
+    """
+
+    def __init__(self, settings: Settings, keyring: Keyring | None = None) -> None:
+        self.keyring = keyring or Keyring(settings)
         self._issuer = settings.jwt_issuer
         self._audience = settings.jwt_audience
         self.ttl_seconds = settings.access_token_ttl_seconds
@@ -59,17 +50,20 @@ class AccessTokens:
             "jti": uuid.uuid4().hex,
             "typ": "access",
         }
-        return jwt.encode(
-            claims, self._signing_key, algorithm=ALGORITHM, headers={"kid": self._signing_kid}
-        )
+        key = self.keyring.signing_key()
+        return jwt.encode(claims, key.signing, algorithm=key.algorithm, headers={"kid": key.kid})
 
     def verify(self, token: str) -> AccessClaims:
         try:
-            key = self._verifying_keys[jwt.get_unverified_header(token).get("kid", "")]
+            key = self.keyring.verifying_key(str(jwt.get_unverified_header(token).get("kid")))
+            if key is None:
+                raise InvalidToken()
+            # Pinned to the named key's algorithm: "none", or HS256 keyed with a public
+            # key, or any other algorithm than the key's own is refused.
             claims = jwt.decode(
                 token,
-                key,
-                algorithms=[ALGORITHM],
+                key.verifying,
+                algorithms=[key.algorithm],
                 audience=self._audience,
                 issuer=self._issuer,
                 leeway=CLOCK_SKEW_SECONDS,

@@ -234,7 +234,10 @@ async def test_cursor_signed_with_another_key_returns_422_invalid_cursor(
     client: httpx.AsyncClient, admin: Account, settings: Settings, tmp_path: Path
 ) -> None:
     await register_all(client, "amy", "bob")
-    forger = make_settings(settings.database_url, tmp_path / "forger", secret_key="f" * 64)
+    # HS256: the forger's own tokens then need no signing key sealed with our SECRET_KEY.
+    forger = make_settings(
+        settings.database_url, tmp_path / "forger", secret_key="f" * 64, jwt_algorithm="HS256"
+    )
     async with serving(forger) as (_, forger_client):
         forger_admin = await login(forger_client, Account(admin.id, admin.email, admin.password))
         forged = (await page(forger_client, forger_admin, limit=1))["next_cursor"]

@@ -1,7 +1,10 @@
 """Helpers the kernel tests share: slice folders and JWTs."""
 
+import base64
 import hashlib
+import hmac
 import importlib
+import json
 import shutil
 import sys
 import uuid
@@ -12,8 +15,10 @@ from pathlib import Path
 from typing import Any
 
 import jwt
+from fastapi import FastAPI
 
 import features
+from kernel.signing_keys import Key
 from tests.factories import TEST_SECRET, Account
 
 FEATURES_DIR = Path(features.__path__[0])
@@ -96,14 +101,46 @@ def access_claims(user: Account | str, **changes: Any) -> dict[str, Any]:
 def forge_token(
     claims: dict[str, Any],
     *,
-    key: str = TEST_SECRET,
+    key: Any = TEST_SECRET,
     algorithm: str = "HS256",
     kid: str | None = None,
 ) -> str:
-    """A JWT we sign ourselves; the `kid` names the test key unless told otherwise."""
+    """A JWT we sign ourselves; the `kid` names the HS256 test key unless told otherwise."""
     headers = {"kid": kid if kid is not None else key_id(TEST_SECRET)}
     return jwt.encode(claims, key, algorithm=algorithm, headers=headers)
 
 
+def signing_key(app: FastAPI) -> Key:
+    """The key this app signs with now (from its keyring, as the database holds it)."""
+    key: Key = app.state.access_tokens.keyring.signing_key()
+    return key
+
+
+def forge_with(app: FastAPI, claims: dict[str, Any]) -> str:
+    """A JWT signed with the app's own current key: valid exactly when the claims are."""
+    key = signing_key(app)
+    return forge_token(claims, key=key.signing, algorithm=key.algorithm, kid=key.kid)
+
+
 def bearer(token: str) -> dict[str, str]:
     return {"Authorization": f"Bearer {token}"}
+
+
+def generated_key(algorithm: str) -> tuple[Any, dict[str, Any]]:
+    """A fresh key pair of this algorithm that the service has never seen, and its JWK."""
+    from kernel.signing_keys import _generate
+
+    return _generate(algorithm)
+
+
+def _b64(data: bytes) -> str:
+    return base64.urlsafe_b64encode(data).rstrip(b"=").decode()
+
+
+def hs256_by_hand(claims: dict[str, Any], *, secret: bytes, kid: str) -> str:
+    """An HS256 JWT built without PyJWT, which (rightly) refuses to HMAC with a public key:
+    what an attacker would send."""
+    header = _b64(json.dumps({"alg": "HS256", "typ": "JWT", "kid": kid}).encode())
+    payload = _b64(json.dumps(claims, default=lambda moment: int(moment.timestamp())).encode())
+    signature = hmac.new(secret, f"{header}.{payload}".encode(), hashlib.sha256).digest()
+    return f"{header}.{payload}.{_b64(signature)}"

@@ -23,7 +23,7 @@ from tests.factories import Account, assert_problem, make_admin, make_user, regi
 from tests.waiting import wait_until
 
 NEW_PASSWORD = "a completely new passphrase"
-QUEUED_AHEAD = 3
+QUEUED_AHEAD = 5  # at t=6, 64 MiB: a queue of a second or more
 
 
 def one_slow_slot(database_url: str, data_dir: Path) -> Settings:
@@ -70,6 +70,29 @@ async def test_other_writers_go_on_while_a_login_is_hashing(
     assert login_still_hashing
 
 
+async def queue_behind_slow_logins(
+    app: FastAPI,
+    client: httpx.AsyncClient,
+    account: Account,
+    request: Coroutine[Any, Any, httpx.Response],
+) -> tuple["asyncio.Task[httpx.Response]", list["asyncio.Task[httpx.Response]"]]:
+    """Start QUEUED_AHEAD logins of `account`, then `request` behind them for the slot.
+
+    Returns once `request` is waiting for (or holding) the slot: every login ahead is
+    then counted in the slots, or finished, and one more is there.
+    """
+    ahead = [asyncio.create_task(login(client, account)) for _ in range(QUEUED_AHEAD)]
+
+    def in_the_slots() -> int:
+        slots = hashing(app)
+        return slots.slots_busy + slots.requests_waiting + sum(task.done() for task in ahead)
+
+    await wait_until(lambda: in_the_slots() >= QUEUED_AHEAD, within=60, what="logins queued")
+    queued = asyncio.create_task(request)
+    await wait_until(lambda: in_the_slots() > QUEUED_AHEAD, within=60, what="request queued")
+    return queued, ahead
+
+
 async def queued_behind_a_deactivation(
     app: FastAPI,
     client: httpx.AsyncClient,
@@ -78,14 +101,7 @@ async def queued_behind_a_deactivation(
     request: Coroutine[Any, Any, httpx.Response],
 ) -> httpx.Response:
     """Send `request` while the hashing slot is busy; deactivate `victim` while it queues."""
-    ahead = [asyncio.create_task(login(client, admin)) for _ in range(QUEUED_AHEAD)]
-    await wait_until(
-        lambda: hashing(app).requests_waiting == QUEUED_AHEAD - 1, within=30, what="logins queued"
-    )
-    queued = asyncio.create_task(request)
-    await wait_until(
-        lambda: hashing(app).requests_waiting == QUEUED_AHEAD, within=30, what="request queued"
-    )
+    queued, ahead = await queue_behind_slow_logins(app, client, admin, request)
     deactivated = await client.post(f"/api/v1/users/{victim.id}/deactivate", headers=admin.headers)
     assert deactivated.status_code == 200
     # The deactivation landed while the request still waited for its hash.
@@ -137,21 +153,15 @@ async def test_an_admin_demoted_while_queued_cannot_act_as_one(
         # An admin's change that needs a hash (a new password for the victim) waits for
         # the slot; meanwhile another admin demotes them. Admin status is checked again
         # after the hash, so the change is refused and nothing of it is applied.
-        ahead = [asyncio.create_task(login(client, other_admin)) for _ in range(QUEUED_AHEAD)]
-        await wait_until(
-            lambda: hashing(app).requests_waiting == QUEUED_AHEAD - 1,
-            within=30,
-            what="logins queued",
-        )
-        queued = asyncio.create_task(
+        queued, ahead = await queue_behind_slow_logins(
+            app,
+            client,
+            other_admin,
             client.patch(
                 f"/api/v1/users/{victim.id}",
                 headers=admin.headers,
                 json={"password": NEW_PASSWORD, "is_active": False},
-            )
-        )
-        await wait_until(
-            lambda: hashing(app).requests_waiting == QUEUED_AHEAD, within=30, what="request queued"
+            ),
         )
         demoted = await client.patch(
             f"/api/v1/users/{admin.id}", headers=other_admin.headers, json={"is_superuser": False}

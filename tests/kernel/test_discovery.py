@@ -301,3 +301,59 @@ async def test_slices_are_mounted_sorted_by_name(more_features: Path, settings: 
     # Paths are documented in the order their routes were mounted.
     mounted = [path.removeprefix("/api/v1/") for path in document["paths"]]
     assert [name for name in mounted if name in names] == names
+
+
+# --- root_router: routes at a path a standard fixes, outside /api/v1 -------------------
+
+ROOT_SLICE = """
+from fastapi import APIRouter
+
+router = APIRouter()
+root_router = APIRouter()
+
+
+@root_router.get("{path}")
+async def answer_{name}() -> dict[str, str]:
+    return {{"slice": "{name}"}}
+"""
+
+
+async def test_a_slice_root_router_is_mounted_at_the_root(
+    more_features: Path, settings: Settings
+) -> None:
+    name = unique_name("rooted")
+    path = f"/.well-known/{name}"
+
+    with slice_folder(more_features, name, ROOT_SLICE.format(name=name, path=path)):
+        async with serving(settings) as (_, http):
+            response = await http.get(path)
+            under_prefix = await http.get(f"/api/v1{path}")
+
+    assert response.status_code == 200, response.text
+    assert response.json() == {"slice": name}
+    assert_problem(under_prefix, 404, "not_found")
+
+
+@pytest.mark.parametrize(
+    ("path", "owner"), [("/health", "the kernel"), ("/.well-known/jwks.json", "slice well_known")]
+)
+def test_a_root_route_claimed_twice_stops_start_up(
+    more_features: Path, tmp_path: Path, path: str, owner: str
+) -> None:
+    name = unique_name("zz_rooted")
+
+    with (
+        slice_folder(more_features, name, ROOT_SLICE.format(name=name, path=path)),
+        pytest.raises(SliceError, match=f"GET {path} is claimed by {owner} and by slice {name}"),
+    ):
+        create_app(offline_settings(tmp_path))
+
+
+def test_a_root_router_that_is_not_an_api_router_stops_start_up(
+    more_features: Path, tmp_path: Path
+) -> None:
+    name = unique_name("bad_root")
+    source = "from fastapi import APIRouter\n\nrouter = APIRouter()\nroot_router = object()\n"
+
+    with slice_folder(more_features, name, source), pytest.raises(SliceError, match=name):
+        create_app(offline_settings(tmp_path))

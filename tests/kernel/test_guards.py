@@ -13,7 +13,7 @@ from fastapi.dependencies.models import Dependant
 from fastapi.routing import APIRoute
 
 from kernel.deps import CurrentSession, CurrentUser
-from kernel.slices import API_PREFIX, load_slices, slice_names
+from kernel.slices import API_PREFIX, load_slices, mounted_routers, slice_names
 from tests.kernel.helpers import FEATURES_DIR
 
 REPOSITORY = FEATURES_DIR.parent
@@ -24,6 +24,9 @@ PUBLIC_ROUTES = {
     ("POST", f"{API_PREFIX}/auth/login"),
     ("POST", f"{API_PREFIX}/auth/refresh"),
     ("POST", f"{API_PREFIX}/auth/logout"),
+    # What other services fetch to verify our tokens (RFC 7517, RFC 8414): public keys only.
+    ("GET", "/.well-known/jwks.json"),
+    ("GET", "/.well-known/oauth-authorization-server"),
 }
 
 
@@ -76,9 +79,10 @@ def test_discovery_finds_exactly_the_slice_folders() -> None:
 def test_every_route_outside_the_public_list_requires_the_current_user() -> None:
     authenticated = {get_args(alias)[1].dependency for alias in (CurrentUser, CurrentSession)}
     routes = [
-        (method, f"{API_PREFIX}{route.path}", route)
+        (method, f"{prefix}{route.path}", route)
         for module in load_slices()
-        for route in module.router.routes
+        for prefix, router in mounted_routers(module)
+        for route in router.routes
         if isinstance(route, APIRoute)
         for method in sorted(route.methods or ())
     ]

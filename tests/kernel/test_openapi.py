@@ -14,6 +14,8 @@ PUBLIC_OPERATIONS = {
     ("post", "/api/v1/auth/logout"),
     ("get", "/health"),
     ("get", "/ready"),
+    ("get", "/.well-known/jwks.json"),
+    ("get", "/.well-known/oauth-authorization-server"),
 }
 HTTP_METHODS = {"get", "put", "post", "delete", "options", "head", "patch", "trace"}
 
