@@ -66,6 +66,24 @@ async def login(client: httpx.AsyncClient, server: Server, email: str) -> str:
     return token
 
 
+class Refresher:
+    """Fresh access tokens from one session (each poll refreshes, not logs in: a login
+    per poll would pile up sessions and evict the oldest, the one under test)."""
+
+    def __init__(self, client: httpx.AsyncClient, refresh_token: str) -> None:
+        self._client = client
+        self._refresh_token = refresh_token
+
+    async def access_token(self, server: Server) -> str:
+        response = await self._client.post(
+            f"{server.base_url}/api/v1/auth/refresh", json={"refresh_token": self._refresh_token}
+        )
+        assert response.status_code == 200, response.text
+        self._refresh_token = response.json()["refresh_token"]
+        token: str = response.json()["access_token"]
+        return token
+
+
 async def me_status(client: httpx.AsyncClient, server: Server, token: str) -> int:
     response = await client.get(
         f"{server.base_url}/api/v1/users/me", headers={"Authorization": f"Bearer {token}"}
@@ -110,6 +128,12 @@ async def test_two_servers_go_through_a_rotation_and_nobody_is_logged_out(
         assert registered.status_code == 201, registered.text
         before = await login(client, first, "rot@example.com")
         old_kid = kid_of(before)
+        second_login = await client.post(
+            f"{first.base_url}/api/v1/auth/login",
+            json={"email": "rot@example.com", "password": DEFAULT_PASSWORD},
+        )
+        assert second_login.status_code == 200, second_login.text
+        refresher = Refresher(client, second_login.json()["refresh_token"])
         assert await published_kids(client, second) == [old_kid]
 
         rotated = await run_cli(
@@ -128,7 +152,7 @@ async def test_two_servers_go_through_a_rotation_and_nobody_is_logged_out(
                 what=f"both keys in the JWKS of {server.describe()}",
             )
             signed = await poll(
-                partial(login, client, server, "rot@example.com"),
+                partial(refresher.access_token, server),
                 until=lambda token: kid_of(token) == new_kid,
                 within=START_SIGNING_WITHIN,
                 what=f"{server.describe()} signing with the new key",
