@@ -6,8 +6,9 @@ and a kernel test fails when one does not.
 """
 
 import uuid
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import Annotated
+from typing import Annotated, Any
 
 from fastapi import Depends, Request
 from fastapi.security import OAuth2PasswordBearer
@@ -29,36 +30,22 @@ from kernel.users import User
 _bearer = OAuth2PasswordBearer(tokenUrl=LOGIN_PATH, auto_error=False)
 
 
-def _settings(request: Request) -> Settings:
-    settings: Settings = request.app.state.settings
-    return settings
+def _app_state(name: str) -> Callable[[Request], Awaitable[Any]]:
+    """A dependency giving `app.state.<name>`, built once in create_app."""
+
+    # async: FastAPI runs a plain `def` dependency in a worker thread, a hop per request.
+    async def shared(request: Request) -> Any:
+        return getattr(request.app.state, name)
+
+    shared.__name__ = f"app_state_{name}"
+    return shared
 
 
-def _hashing(request: Request) -> PasswordHashing:
-    hashing: PasswordHashing = request.app.state.hashing
-    return hashing
-
-
-def _guesses(request: Request) -> PasswordGuesses:
-    guesses: PasswordGuesses = request.app.state.guesses
-    return guesses
-
-
-def _access_tokens(request: Request) -> AccessTokens:
-    tokens: AccessTokens = request.app.state.access_tokens
-    return tokens
-
-
-def _refresh_tokens(request: Request) -> RefreshTokens:
-    tokens: RefreshTokens = request.app.state.refresh_tokens
-    return tokens
-
-
-SettingsDep = Annotated[Settings, Depends(_settings)]
-HashingDep = Annotated[PasswordHashing, Depends(_hashing)]
-GuessesDep = Annotated[PasswordGuesses, Depends(_guesses)]
-AccessTokensDep = Annotated[AccessTokens, Depends(_access_tokens)]
-RefreshTokensDep = Annotated[RefreshTokens, Depends(_refresh_tokens)]
+SettingsDep = Annotated[Settings, Depends(_app_state("settings"))]
+HashingDep = Annotated[PasswordHashing, Depends(_app_state("hashing"))]
+GuessesDep = Annotated[PasswordGuesses, Depends(_app_state("guesses"))]
+AccessTokensDep = Annotated[AccessTokens, Depends(_app_state("access_tokens"))]
+RefreshTokensDep = Annotated[RefreshTokens, Depends(_app_state("refresh_tokens"))]
 
 
 @dataclass(frozen=True)
