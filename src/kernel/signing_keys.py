@@ -164,6 +164,7 @@ class Keyring:
         self._last_unknown_reload = 0.0
         self._unopened: set[str] = set()
         self._task: asyncio.Task[None] | None = None
+        self._stopping = False
 
     @property
     def _secrets(self) -> list[str]:
@@ -254,15 +255,22 @@ class Keyring:
 
     async def stop(self) -> None:
         if self._task is not None:
+            # A flag as well as the cancel: on Python 3.11 a cancel that lands as a wait
+            # ends can be swallowed, and the refresher would then run on, forever.
+            self._stopping = True
+            self._wake.set()
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
 
     async def _refresh_forever(self, database: Database) -> None:
-        while True:
+        while not self._stopping:
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wake.wait(), self.refresh_seconds)
+                async with asyncio.timeout(self.refresh_seconds):
+                    await self._wake.wait()
             self._wake.clear()
+            if self._stopping:
+                return
             try:
                 if not any(k.algorithm == self.algorithm for k in self._keys.values()):
                     async with database.session() as session:
