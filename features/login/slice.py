@@ -6,15 +6,16 @@ per-email throttling kept in the database; weaker stored hashes upgraded on succ
 """
 
 from dataclasses import dataclass
+from datetime import timedelta
 from typing import Any
 
 from fastapi import APIRouter, Request, Response
 from pydantic import ValidationError
-from sqlalchemy import select, update
+from sqlalchemy import delete, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlmodel import col
 
-from kernel.db import SessionDep, outside_transaction
+from kernel.db import SessionDep, outside_transaction, utc_now
 from kernel.deps import AccessTokensDep, GuessesDep, HashingDep, RefreshTokensDep, SettingsDep
 from kernel.errors import (
     InvalidInput,
@@ -32,9 +33,10 @@ from kernel.media_types import is_json, media_type
 from kernel.passwords import CurrentPassword
 from kernel.sessions import (
     NO_STORE_HEADERS,
+    USER_AGENT_MAX_LENGTH,
     RefreshTokens,
+    Session,
     TokenPair,
-    start_session,
     token_pair,
 )
 from kernel.settings import Settings
@@ -71,6 +73,44 @@ class InvalidCredentials(ProblemError):
 
 class AccountInactive(ProblemError):
     status, code, detail = 403, "account_inactive", "This account has been deactivated."
+
+
+async def start_session(
+    db: AsyncSession,
+    *,
+    settings: Settings,
+    user: User,
+    user_agent: str | None,
+    ip: str | None,
+) -> Session:
+    """A new session for a login; the user's least recently used go past the cap."""
+    now = utc_now()
+    # A login is a natural moment to drop this user's expired sessions; `userapi
+    # purge-expired` sweeps the rest.
+    await db.execute(
+        delete(Session).where(col(Session.user_id) == user.id, col(Session.expires_at) <= now)
+    )
+    keep = settings.max_sessions_per_user - 1
+    newest = (
+        select(col(Session.id))
+        .where(col(Session.user_id) == user.id)
+        .order_by(col(Session.last_used_at).desc(), col(Session.id).desc())
+        .limit(keep)
+    )
+    await db.execute(
+        delete(Session).where(col(Session.user_id) == user.id, col(Session.id).not_in(newest))
+    )
+    session = Session(
+        user_id=user.id,
+        created_at=now,
+        last_used_at=now,
+        expires_at=now + timedelta(seconds=settings.refresh_token_ttl_seconds),
+        user_agent=(user_agent or None) and user_agent[:USER_AGENT_MAX_LENGTH],
+        ip=ip,
+    )
+    db.add(session)
+    await db.flush()
+    return session
 
 
 async def login(

@@ -17,14 +17,13 @@ from sqlmodel import col
 from kernel import migrations
 from kernel.db import Database
 from kernel.errors import EmailTaken, InvalidInput, ProblemError
-from kernel.fields import Email, Name
+from kernel.fields import Email
 from kernel.guesses import purge_expired_attempts
 from kernel.hashing import PasswordHashing
-from kernel.passwords import Password
 from kernel.sessions import purge_expired_sessions
 from kernel.settings import Settings, load_settings
 from kernel.signing_keys import SigningKey, listed, rotate
-from kernel.users import User, create_user
+from kernel.users import Registration, User, create_user
 
 SCAFFOLD = Path(__file__).resolve().parent / "scaffold"
 _SLICE_NAME = re.compile(r"^[a-z][a-z0-9_]{0,62}$")
@@ -99,42 +98,46 @@ def _key_line(key: SigningKey) -> str:
     )
 
 
-def _validated(adapter: TypeAdapter[str], value: str, what: str) -> str:
+def _registration(args: argparse.Namespace, password: str) -> Registration:
+    """The same checks as POST /auth/register, each refusal as one line."""
     try:
-        return adapter.validate_python(value)
+        return Registration(
+            email=args.email,
+            password=password,
+            first_name=args.first_name,
+            last_name=args.last_name,
+        )
     except ValidationError as error:
-        raise CommandError(f"invalid {what}: {error.errors()[0]['msg']}") from None
+        issue = error.errors()[0]
+        field = str(issue["loc"][0]).replace("_", " ") if issue["loc"] else "input"
+        raise CommandError(f"invalid {field}: {issue['msg']}") from None
 
 
-async def _create_admin(settings: Settings, args: argparse.Namespace, password: str) -> User:
-    email = _validated(TypeAdapter(Email), args.email, "email")
-    password = _validated(TypeAdapter(Password), password, "password")
-    first_name = _validated(TypeAdapter(Name), args.first_name, "first name")
-    last_name = _validated(TypeAdapter(Name), args.last_name, "last name")
+async def _create_admin(settings: Settings, registration: Registration) -> User:
     database = Database(settings)
     try:
         if settings.auto_migrate:
             await migrations.upgrade(database)
         async with database.session() as session:
-            admin = await create_user(
+            return await create_user(
                 session,
+                registration,
                 hashing=PasswordHashing(settings),
                 min_password_length=settings.password_min_length,
-                email=email,
-                password=password,
-                first_name=first_name,
-                last_name=last_name,
                 is_superuser=True,
             )
     except EmailTaken:
+        email = registration.email
         raise CommandError(f"{email} is already registered (promote it with --promote)") from None
     finally:
         await database.dispose()
-    return admin
 
 
 async def _promote(settings: Settings, email: str) -> User:
-    email = _validated(TypeAdapter(Email), email, "email")
+    try:
+        email = TypeAdapter(Email).validate_python(email)
+    except ValidationError as error:
+        raise CommandError(f"invalid email: {error.errors()[0]['msg']}") from None
     database = Database(settings)
     try:
         async with database.session() as session:
@@ -243,7 +246,7 @@ def main(argv: list[str] | None = None) -> None:
             password = args.password or os.environ.get("USERAPI_ADMIN_PASSWORD", "")
             if not password:
                 raise CommandError("give --password or set USERAPI_ADMIN_PASSWORD")
-            admin = asyncio.run(_create_admin(settings, args, password))
+            admin = asyncio.run(_create_admin(settings, _registration(args, password)))
             print(f"created admin {admin.email} ({admin.id})")
     except InvalidInput as error:
         issue = error.errors[0] if error.errors else None

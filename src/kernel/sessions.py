@@ -21,12 +21,12 @@ import hmac
 import secrets
 import uuid
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import datetime
 from typing import Annotated, Literal, TypeGuard
 
 from pydantic import BaseModel
 from pydantic import Field as PydanticField
-from sqlalchemy import delete, select
+from sqlalchemy import delete
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlmodel import Field, SQLModel, col
 
@@ -34,7 +34,7 @@ from kernel.db import UTCDateTime, utc_now
 from kernel.fields import SafeText
 from kernel.settings import Settings
 from kernel.tokens import AccessTokens
-from kernel.users import Timestamp, User
+from kernel.users import User
 
 USER_AGENT_MAX_LENGTH = 256
 
@@ -152,44 +152,6 @@ class TokenPair(BaseModel):
 NO_STORE_HEADERS = {"Cache-Control": "no-store", "Pragma": "no-cache"}
 
 
-async def start_session(
-    db: AsyncSession,
-    *,
-    settings: Settings,
-    user: User,
-    user_agent: str | None,
-    ip: str | None,
-) -> Session:
-    """A new session for a login; the user's least recently used go past the cap."""
-    now = utc_now()
-    # A login is a natural moment to drop this user's expired sessions; `userapi
-    # purge-expired` sweeps the rest.
-    await db.execute(
-        delete(Session).where(col(Session.user_id) == user.id, col(Session.expires_at) <= now)
-    )
-    keep = settings.max_sessions_per_user - 1
-    newest = (
-        select(col(Session.id))
-        .where(col(Session.user_id) == user.id)
-        .order_by(col(Session.last_used_at).desc(), col(Session.id).desc())
-        .limit(keep)
-    )
-    await db.execute(
-        delete(Session).where(col(Session.user_id) == user.id, col(Session.id).not_in(newest))
-    )
-    session = Session(
-        user_id=user.id,
-        created_at=now,
-        last_used_at=now,
-        expires_at=now + timedelta(seconds=settings.refresh_token_ttl_seconds),
-        user_agent=(user_agent or None) and user_agent[:USER_AGENT_MAX_LENGTH],
-        ip=ip,
-    )
-    db.add(session)
-    await db.flush()
-    return session
-
-
 def token_pair(
     session: Session, *, access_tokens: AccessTokens, refresh_tokens: RefreshTokens
 ) -> TokenPair:
@@ -217,40 +179,6 @@ async def deactivate_account(db: AsyncSession, user: User) -> None:
     await end_sessions(db, user.id)
 
 
-async def live_sessions(db: AsyncSession, user_id: uuid.UUID) -> list[Session]:
-    """Newest first."""
-    rows = await db.scalars(
-        select(Session)
-        .where(col(Session.user_id) == user_id, col(Session.expires_at) > utc_now())
-        .order_by(col(Session.created_at).desc(), col(Session.id).desc())
-    )
-    return list(rows.all())
-
-
 async def purge_expired_sessions(db: AsyncSession) -> int:
     result = await db.execute(delete(Session).where(col(Session.expires_at) <= utc_now()))
     return int(getattr(result, "rowcount", 0) or 0)
-
-
-class SessionView(BaseModel):
-    """A session as its user (or an admin) sees it."""
-
-    id: uuid.UUID
-    created_at: Timestamp
-    last_used_at: Timestamp
-    expires_at: Timestamp
-    user_agent: str | None
-    ip: str | None
-    current: bool
-
-    @classmethod
-    def of(cls, session: Session, *, current_id: uuid.UUID | None) -> "SessionView":
-        return cls(
-            id=session.id,
-            created_at=session.created_at,
-            last_used_at=session.last_used_at,
-            expires_at=session.expires_at,
-            user_agent=session.user_agent,
-            ip=session.ip,
-            current=session.id == current_id,
-        )

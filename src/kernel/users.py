@@ -15,8 +15,9 @@ from sqlmodel import Field, SQLModel, col
 
 from kernel.db import UTCDateTime, dialect_name, outside_transaction, run_rechecks, utc_now
 from kernel.errors import EmailTaken, LastAdmin
+from kernel.fields import AvatarUrl, Bio, Email, Name, StrictInput
 from kernel.hashing import PasswordHashing
-from kernel.passwords import check_new_password
+from kernel.passwords import Password, check_new_password
 
 
 def _rfc3339(moment: datetime) -> str:
@@ -158,31 +159,35 @@ async def ensure_not_last_admin(session: AsyncSession, user: User) -> None:
         raise LastAdmin()
 
 
+class Registration(StrictInput):
+    """A new account's fields: the register body, and what `userapi create-admin` checks."""
+
+    email: Email
+    password: Password
+    first_name: Name
+    last_name: Name
+    bio: Bio | None = None
+    avatar_url: AvatarUrl | None = None
+
+
 async def create_user(
     session: AsyncSession,
+    registration: Registration,
     *,
     hashing: PasswordHashing,
     min_password_length: int,
-    email: str,
-    password: str,
-    first_name: str,
-    last_name: str,
-    bio: str | None = None,
-    avatar_url: str | None = None,
     is_superuser: bool = False,
 ) -> User:
     """A new account (register, `userapi create-admin`): 422 for a rejected password,
     409 email_taken when the address is registered already."""
-    check_new_password(password, email=email, min_length=min_password_length)
+    check_new_password(
+        registration.password, email=registration.email, min_length=min_password_length
+    )
     async with outside_transaction(session):
-        password_hash = await hashing.hash(password)
+        password_hash = await hashing.hash(registration.password)
     user = User(
-        email=email,
+        **registration.model_dump(exclude={"password"}),
         password_hash=password_hash,
-        first_name=first_name,
-        last_name=last_name,
-        bio=bio,
-        avatar_url=avatar_url,
         is_superuser=is_superuser,
     )
     session.add(user)

@@ -83,6 +83,18 @@ async def test_create_admin_refuses_a_common_password(
     assert "commonly used" in result.stderr
 
 
+async def test_create_admin_checks_fields_as_register_does(
+    empty_database: EmptyDatabase, tmp_path: Path
+) -> None:
+    result = await create_admin(
+        empty_database, tmp_path, "not an address", "--password", ADMIN_PASSWORD
+    )
+
+    assert result.returncode == 1
+    assert result.stderr.startswith("userapi: invalid email:"), result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1, result.stderr
+
+
 async def test_create_admin_with_a_common_password_creates_nobody(
     empty_database: EmptyDatabase, tmp_path: Path
 ) -> None:
