@@ -24,6 +24,7 @@ from kernel.db import Database, metadata
 from kernel.settings import Settings, load_settings
 from kernel.slices import load_tables
 from tests.factories import FAST_HASHING, TEST_SECRET, Account, make_admin, make_user, serving
+from tests.mail import Mailbox, mailbox_running
 
 POSTGRES_ADMIN_DSN = os.environ.get(
     "USERAPI_TEST_POSTGRES", "postgresql://postgres@127.0.0.1:5432/test"
@@ -137,6 +138,12 @@ def make_settings(database_url: str, data_dir: Path, **overrides: Any) -> Settin
 @pytest.fixture
 def settings(database_url: str, tmp_path: Path) -> Settings:
     return make_settings(database_url, tmp_path)
+
+
+@pytest.fixture
+def mailbox() -> Iterator[Mailbox]:
+    """A real SMTP server on a free loopback port, for the test's duration."""
+    yield from mailbox_running()
 
 
 @pytest.fixture

@@ -75,6 +75,10 @@ class AccountInactive(ProblemError):
     status, code, detail = 403, "account_inactive", "This account has been deactivated."
 
 
+class EmailNotVerified(ProblemError):
+    status, code, detail = 403, "email_not_verified", "Verify your email address first."
+
+
 async def start_session(
     db: AsyncSession,
     *,
@@ -142,6 +146,8 @@ async def login(
         raise AccountInactive()
     if user.password_hash != checked_hash:
         raise InvalidCredentials()  # the password changed while we were checking it
+    if settings.require_verified_email and not user.email_verified:
+        raise EmailNotVerified()  # told only to whoever knows the password
     if hashing.needs_rehash(user.password_hash):
         async with outside_transaction(session):
             upgraded = await hashing.hash(credentials.password)
@@ -183,7 +189,12 @@ async def _read_credentials(request: Request) -> Credentials:
 @router.post(
     "/auth/login",
     responses=problem_responses(
-        InvalidCredentials, AccountInactive, TooManyAttempts, UnsupportedMediaType, ServerBusy
+        InvalidCredentials,
+        AccountInactive,
+        EmailNotVerified,
+        TooManyAttempts,
+        UnsupportedMediaType,
+        ServerBusy,
     ),
     # The JSON body is documented here; the OAuth2 password form is described by the
     # security scheme, so generated clients get one unambiguous body type.

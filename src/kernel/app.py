@@ -10,9 +10,11 @@ from pydantic import BaseModel
 from sqlalchemy import text
 
 from kernel.db import Database
+from kernel.email_tokens import EmailTokens
 from kernel.errors import DatabaseUnavailable, install_error_handlers, problem_responses
 from kernel.guesses import PasswordGuesses
 from kernel.hashing import PasswordHashing
+from kernel.mail_delivery import MailSender
 from kernel.media_types import require_declared_media_type
 from kernel.middleware import (
     BodyGuardMiddleware,
@@ -21,6 +23,7 @@ from kernel.middleware import (
 )
 from kernel.migrations import current_revision, head_revision
 from kernel.openapi import install_openapi
+from kernel.send_limits import SendLimits
 from kernel.sessions import RefreshTokens
 from kernel.settings import Settings, load_settings
 from kernel.signing_keys import Keyring
@@ -45,6 +48,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     hashing = PasswordHashing(settings)
     schema_head = head_revision()
     keyring = Keyring(settings)
+    mail_sender = MailSender(database, settings) if settings.mail_sender_enabled else None
 
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
@@ -52,7 +56,11 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         # Creates the first signing key if there is none; then re-reads the set in the
         # background, so a rotation reaches this process without a restart.
         await keyring.start(database)
+        if mail_sender is not None:
+            await mail_sender.start()
         yield
+        if mail_sender is not None:
+            await mail_sender.stop()
         await keyring.stop()
         await database.dispose()
 
@@ -78,6 +86,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.guesses = PasswordGuesses(database, hashing, settings)
     app.state.access_tokens = AccessTokens(settings, keyring)
     app.state.refresh_tokens = RefreshTokens(settings)
+    app.state.email_tokens = EmailTokens(database, settings)
+    app.state.send_limits = SendLimits(settings)
 
     # Each add_middleware wraps the ones before it: the body guard is innermost, so its
     # early 413/422/500 answers still get CORS headers; the request id is outermost, so

@@ -1,13 +1,17 @@
-"""The `userapi` command: serve | migrate | create-admin | purge-expired | keys | new-feature."""
+"""The `userapi` command: serve | migrate | create-admin | purge-expired | keys | send-mail |
+outbox | new-feature."""
 
 import argparse
 import asyncio
 import keyword
+import logging
 import os
 import re
+import signal
 import sys
+from collections.abc import Coroutine
 from pathlib import Path
-from typing import NoReturn
+from typing import Any, NoReturn
 
 import uvicorn
 from pydantic import TypeAdapter, ValidationError
@@ -16,13 +20,17 @@ from sqlmodel import col
 
 from kernel import migrations
 from kernel.db import Database
+from kernel.email_tokens import purge_spent_email_tokens
 from kernel.errors import EmailTaken, InvalidInput, ProblemError
 from kernel.fields import Email
 from kernel.guesses import purge_expired_attempts
 from kernel.hashing import PasswordHashing
+from kernel.mail_delivery import MailSender, OutboxEntry, outbox_entries, purge_old_mail
+from kernel.send_limits import purge_expired_send_counts
 from kernel.sessions import purge_expired_sessions
 from kernel.settings import Settings, load_settings
 from kernel.signing_keys import SigningKey, listed, rotate
+from kernel.slices import load_slices
 from kernel.users import Registration, User, create_user
 
 SCAFFOLD = Path(__file__).resolve().parent / "scaffold"
@@ -66,9 +74,52 @@ async def _purge_expired(settings: Settings) -> dict[str, int]:
             return {
                 "sessions": await purge_expired_sessions(session),
                 "password attempt counters": await purge_expired_attempts(session, settings),
+                "mailed tokens and codes": await purge_spent_email_tokens(session),
+                "mail send counters": await purge_expired_send_counts(session, settings),
+                "sent or failed mails": await purge_old_mail(session),
             }
     finally:
         await database.dispose()
+
+
+async def _send_mail(settings: Settings, once: bool) -> int:
+    # Its log is what an operator sees of it: each mail sent or failed, and (with no
+    # SMTP_HOST) the development mails themselves. The same format as `userapi serve`.
+    logging.basicConfig(
+        level=settings.log_level, format="%(asctime)s %(levelname)s %(name)s %(message)s"
+    )
+    logging.getLogger("alembic.runtime.migration").setLevel(logging.WARNING)
+    load_slices()  # their mail preparers (kernel.mail.prepare_when_sent)
+    database = Database(settings)
+    sender = MailSender(database, settings)
+    try:
+        if settings.auto_migrate:
+            await migrations.upgrade(database)
+        if once:
+            return await sender.deliver_due()
+        await sender.run_forever()
+        return 0
+    finally:
+        await database.dispose()
+
+
+async def _outbox(settings: Settings) -> list[OutboxEntry]:
+    database = Database(settings)
+    try:
+        async with database.session(writes=False) as session:
+            return await outbox_entries(session)
+    finally:
+        await database.dispose()
+
+
+def _outbox_line(entry: OutboxEntry) -> str:
+    # Never the subject or the bodies: they may carry links and codes.
+    error = f"  last error: {entry.last_error}" if entry.last_error else ""
+    when = "" if entry.status == "failed" else f"  next try {entry.next_attempt_at.isoformat()}"
+    return (
+        f"{entry.id}  {entry.status:<7}  {entry.kind:<20}  to {entry.to_address}  "
+        f"queued {entry.created_at.isoformat()}  attempts {entry.attempts}{when}{error}"
+    )
 
 
 async def _keys(settings: Settings, action: str) -> list[SigningKey]:
@@ -125,6 +176,7 @@ async def _create_admin(settings: Settings, registration: Registration) -> User:
                 hashing=PasswordHashing(settings),
                 min_password_length=settings.password_min_length,
                 is_superuser=True,
+                email_verified=True,  # the operator vouches for the address
             )
     except EmailTaken:
         email = registration.email
@@ -209,6 +261,11 @@ def _parser() -> argparse.ArgumentParser:
         help="publish a new key now; it signs after KEY_PUBLISH_SECONDS, the old one retires",
     )
     keys_action.add_parser("list", help="every key, with when it signs, retires and leaves")
+    send_mail = commands.add_parser(
+        "send-mail", help="deliver the outbox until stopped (a dedicated mail worker)"
+    )
+    send_mail.add_argument("--once", action="store_true", help="deliver what is due now, then exit")
+    commands.add_parser("outbox", help="list pending and failed mails (never their contents)")
     feature = commands.add_parser(
         "new-feature", help="copy the slice template to features/NAME (run it in the project root)"
     )
@@ -238,6 +295,16 @@ def main(argv: list[str] | None = None) -> None:
                 print(f"published {keys[0].kid}; it signs from {keys[0].signs_from.isoformat()}")
             for key in keys if args.action == "list" else []:
                 print(_key_line(key))
+        elif args.command == "send-mail":
+            attempted = _run_until_interrupted(_send_mail(settings, args.once))
+            if args.once:
+                print(f"{attempted} mails attempted")
+        elif args.command == "outbox":
+            entries = asyncio.run(_outbox(settings))
+            for entry in entries:
+                print(_outbox_line(entry))
+            pending = sum(entry.status == "pending" for entry in entries)
+            print(f"{pending} pending, {len(entries) - pending} failed")
         elif args.command == "create-admin" and args.promote:
             admin = asyncio.run(_promote(settings, args.promote))
             state = "" if admin.is_active else " (deactivated: reactivate it to sign in)"
@@ -255,6 +322,21 @@ def main(argv: list[str] | None = None) -> None:
         _fail(error.message)
     except CommandError as error:
         _fail(str(error))
+
+
+def _run_until_interrupted(work: Coroutine[Any, Any, int]) -> int:
+    """Run until done; SIGTERM or Ctrl-C stop it (a mail cut off mid-send is tried again
+    when its lease ends)."""
+    loop = asyncio.new_event_loop()
+    task = loop.create_task(work)
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(signum, task.cancel)
+    try:
+        return loop.run_until_complete(task)
+    except asyncio.CancelledError:
+        return 0
+    finally:
+        loop.close()
 
 
 def _fail(message: str) -> NoReturn:

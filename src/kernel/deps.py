@@ -1,8 +1,8 @@
 """The dependency aliases routes name in their signatures: who calls, on whom, with what.
 
 Authenticated is the default: every route outside the public list (register, login,
-refresh, logout, health, ready, docs) names `CurrentUser`, `AdminUser` or `TargetUser`,
-and a kernel test fails when one does not.
+refresh, logout, password reset, email verification, health, ready, docs) names
+`CurrentUser`, `AdminUser` or `TargetUser`, and a kernel test fails when one does not.
 """
 
 import uuid
@@ -17,9 +17,11 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from sqlmodel import col
 
 from kernel.db import SessionDep, recheck_on_resume
+from kernel.email_tokens import EmailTokens
 from kernel.errors import Forbidden, InvalidToken, NotAuthenticated, UserNotFound
 from kernel.guesses import PasswordGuesses
 from kernel.hashing import PasswordHashing
+from kernel.send_limits import SendLimits
 from kernel.sessions import RefreshTokens, Session, token_speaks_for
 from kernel.settings import Settings
 from kernel.slices import LOGIN_PATH
@@ -46,6 +48,17 @@ HashingDep = Annotated[PasswordHashing, Depends(_app_state("hashing"))]
 GuessesDep = Annotated[PasswordGuesses, Depends(_app_state("guesses"))]
 AccessTokensDep = Annotated[AccessTokens, Depends(_app_state("access_tokens"))]
 RefreshTokensDep = Annotated[RefreshTokens, Depends(_app_state("refresh_tokens"))]
+EmailTokensDep = Annotated[EmailTokens, Depends(_app_state("email_tokens"))]
+SendLimitsDep = Annotated[SendLimits, Depends(_app_state("send_limits"))]
+
+
+async def _client_ip(request: Request) -> str | None:
+    # The peer address, or what uvicorn's proxy-headers option took from a trusted proxy.
+    return request.client.host if request.client else None
+
+
+# Where a request comes from: session records and per-IP limits.
+ClientIP = Annotated[str | None, Depends(_client_ip)]
 
 
 @dataclass(frozen=True)

@@ -114,6 +114,11 @@ class PasswordGuesses:
         return max(1, math.ceil((since + self._window - now).total_seconds()))
 
 
+async def forget_failures(session: AsyncSession, email: str) -> None:
+    """A fresh guess budget: the owner proved the address by other means (a password reset)."""
+    await session.execute(delete(PasswordAttempt).where(col(PasswordAttempt.email) == email))
+
+
 async def purge_expired_attempts(session: AsyncSession, settings: Settings) -> int:
     """Drop counters whose window has passed (run by `userapi purge-expired`)."""
     cutoff = utc_now() - timedelta(seconds=settings.login_lockout_seconds)

@@ -68,6 +68,36 @@ class Settings(BaseSettings):
     db_timeout_seconds: float = Field(default=5.0, gt=0, le=120)
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
 
+    # --- mail (kernel.mail) ---
+    # Unset: smtp when SMTP_HOST is set, else the development backend (log + .eml files).
+    mail_backend: Literal["smtp", "log"] | None = None
+    mail_from: str = "userapi <no-reply@localhost>"
+    smtp_host: str = ""
+    # Unset: 465 for SMTP_TLS=tls, 587 for starttls, 25 for none.
+    smtp_port: int | None = Field(default=None, ge=1, le=65535)
+    smtp_username: str = ""
+    smtp_password: str = Field(default="", repr=False)
+    smtp_tls: Literal["starttls", "tls", "none"] = "starttls"
+    smtp_timeout_seconds: float = Field(default=30.0, gt=0, le=300)
+    # Every `userapi serve` process delivers the outbox; false leaves it to `userapi send-mail`.
+    mail_sender_enabled: bool = True
+    mail_poll_seconds: float = Field(default=2.0, gt=0, le=300)
+    mail_retry_seconds: float = Field(default=30.0, gt=0, le=24 * 3600)
+    mail_max_attempts: int = Field(default=10, ge=1, le=100)
+    # A 5xx answer is permanent: tried this many times, then the mail is failed.
+    mail_permanent_failure_attempts: int = Field(default=3, ge=1, le=100)
+    # Per address and per client IP, over MAIL_SEND_WINDOW_SECONDS, for the two routes
+    # that send a mail on request (password reset, verification email).
+    mail_send_limit: int = Field(default=3, ge=1, le=1000)
+    mail_send_limit_per_ip: int = Field(default=20, ge=1, le=100_000)
+    mail_send_window_seconds: int = Field(default=900, ge=1, le=7 * 24 * 3600)
+    password_reset_ttl_seconds: int = Field(default=1800, ge=1, le=7 * 24 * 3600)
+    email_verification_ttl_seconds: int = Field(default=86400, ge=1, le=30 * 24 * 3600)
+    # Links in mails; {token} is replaced. Empty: the mail gives the token and the code only.
+    password_reset_url: str = ""
+    email_verification_url: str = ""
+    require_verified_email: bool = False
+
     @field_validator("cors_origins", mode="before")
     @classmethod
     def _split_origins(cls, value: object) -> object:
@@ -93,6 +123,25 @@ class Settings(BaseSettings):
         if scheme not in drivers:
             raise ValueError(f"unsupported scheme {scheme!r}: use sqlite or postgresql")
         return f"{drivers[scheme]}://{rest}"
+
+    @field_validator("password_reset_url", "email_verification_url")
+    @classmethod
+    def _link_template(cls, url: str) -> str:
+        if url and "{token}" not in url:
+            raise ValueError("must contain {token}, where the mailed token goes")
+        if url and "://" not in url:
+            raise ValueError("must be an absolute URL (https://..., or an app's own scheme://)")
+        return url
+
+    @model_validator(mode="after")
+    def _mail_is_deliverable(self) -> "Settings":
+        if self.mail_backend == "smtp" and not self.smtp_host:
+            raise ValueError("SMTP_HOST: required with MAIL_BACKEND=smtp")
+        if self.env == "production" and not self.smtp_host and self.mail_backend != "log":
+            raise ValueError(
+                "SMTP_HOST: required in production (or set MAIL_BACKEND=log on purpose)"
+            )
+        return self
 
     @model_validator(mode="after")
     def _production_is_strict(self) -> "Settings":
@@ -123,6 +172,14 @@ class Settings(BaseSettings):
             return cpus
         by_memory = total_kib // 4 // self.argon2_memory_kib // self.web_concurrency
         return max(1, min(cpus, by_memory))
+
+    @property
+    def resolved_mail_backend(self) -> Literal["smtp", "log"]:
+        return self.mail_backend or ("smtp" if self.smtp_host else "log")
+
+    @property
+    def resolved_smtp_port(self) -> int:
+        return self.smtp_port or {"tls": 465, "starttls": 587, "none": 25}[self.smtp_tls]
 
     @cached_property
     def resolved_database_url(self) -> str:

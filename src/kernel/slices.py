@@ -76,7 +76,10 @@ def load_slices() -> list[ModuleType]:
 
 def load_tables() -> None:
     """Import the kernel's tables and every slice's, for Alembic and for tests."""
+    import kernel.email_tokens
     import kernel.guesses
+    import kernel.mail
+    import kernel.send_limits
     import kernel.sessions
     import kernel.signing_keys  # noqa: F401
 

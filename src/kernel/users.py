@@ -47,6 +47,8 @@ class User(SQLModel, table=True):
     avatar_url: str | None = Field(default=None, max_length=500)
     is_active: bool = Field(default=True)
     is_superuser: bool = Field(default=False)
+    # Proven by a mailed token or code; an email change clears it.
+    email_verified: bool = Field(default=False)
     # Optimistic-lock counter (SQLAlchemy version_id_col): the source of the ETag.
     version: int = Field(default=1)
     created_at: datetime = Field(default_factory=utc_now, sa_type=UTCDateTime)
@@ -104,6 +106,7 @@ class PrivateUser(PublicUser):
     """What the user themself and admins see."""
 
     email: str
+    email_verified: bool
     is_active: bool
     is_superuser: bool
     created_at: Timestamp
@@ -177,6 +180,7 @@ async def create_user(
     hashing: PasswordHashing,
     min_password_length: int,
     is_superuser: bool = False,
+    email_verified: bool = False,
 ) -> User:
     """A new account (register, `userapi create-admin`): 422 for a rejected password,
     409 email_taken when the address is registered already."""
@@ -189,6 +193,7 @@ async def create_user(
         **registration.model_dump(exclude={"password"}),
         password_hash=password_hash,
         is_superuser=is_superuser,
+        email_verified=email_verified,
     )
     session.add(user)
     try:

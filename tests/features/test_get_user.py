@@ -8,7 +8,14 @@ import httpx
 from tests.factories import Account, assert_problem, make_user
 
 PUBLIC_KEYS = {"id", "first_name", "last_name", "full_name", "bio", "avatar_url"}
-PRIVATE_KEYS = PUBLIC_KEYS | {"email", "is_active", "is_superuser", "created_at", "updated_at"}
+PRIVATE_KEYS = PUBLIC_KEYS | {
+    "email",
+    "email_verified",
+    "is_active",
+    "is_superuser",
+    "created_at",
+    "updated_at",
+}
 RFC3339_UTC_MICROS = re.compile(r"^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}\.\d{6}Z$")
 
 

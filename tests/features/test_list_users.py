@@ -12,7 +12,14 @@ from tests.conftest import make_settings
 from tests.factories import Account, assert_problem, login, register, serving
 
 PUBLIC_KEYS = {"id", "first_name", "last_name", "full_name", "bio", "avatar_url"}
-PRIVATE_KEYS = PUBLIC_KEYS | {"email", "is_active", "is_superuser", "created_at", "updated_at"}
+PRIVATE_KEYS = PUBLIC_KEYS | {
+    "email",
+    "email_verified",
+    "is_active",
+    "is_superuser",
+    "created_at",
+    "updated_at",
+}
 SORTS = ["created_at", "-created_at", "email", "-email"]
 
 

@@ -18,6 +18,7 @@ RFC3339_UTC_MICROS = re.compile(r"^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}\.\d{6}Z$"
 PRIVATE_USER_FIELDS = {
     "id",
     "email",
+    "email_verified",
     "first_name",
     "last_name",
     "full_name",

@@ -11,7 +11,14 @@ from fastapi import FastAPI
 from tests.factories import DEFAULT_PASSWORD, Account, assert_problem, login, make_admin, refresh
 
 PUBLIC_KEYS = {"id", "first_name", "last_name", "full_name", "bio", "avatar_url"}
-PRIVATE_KEYS = PUBLIC_KEYS | {"email", "is_active", "is_superuser", "created_at", "updated_at"}
+PRIVATE_KEYS = PUBLIC_KEYS | {
+    "email",
+    "email_verified",
+    "is_active",
+    "is_superuser",
+    "created_at",
+    "updated_at",
+}
 NEW_PASSWORD = "a brand new passphrase 42"
 
 

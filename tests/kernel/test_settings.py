@@ -118,6 +118,7 @@ def production(**overrides: object) -> dict[str, object]:
         "env": "production",
         "secret_key": STRONG_SECRET,
         "database_url": "postgresql://app@db/userapi",
+        "smtp_host": "smtp.example.com",
     }
     return values | overrides
 
@@ -221,3 +222,54 @@ def test_without_database_url_the_database_is_a_sqlite_file_in_the_data_dir(
     settings = load_settings(database_url="", data_dir=tmp_path, secret_key=TEST_SECRET)
 
     assert settings.resolved_database_url == f"sqlite+aiosqlite:///{tmp_path / 'userapi.db'}"
+
+
+# --- mail -------------------------------------------------------------------------------
+
+
+def test_production_without_an_smtp_host_stops_start_up_in_one_line() -> None:
+    message = settings_error(**production(smtp_host=""))
+
+    assert (
+        message
+        == "invalid setting SMTP_HOST: required in production (or set MAIL_BACKEND=log on purpose)"
+    )
+
+
+def test_production_may_log_mail_when_told_to_on_purpose() -> None:
+    settings = load_settings(**production(smtp_host="", mail_backend="log"))
+
+    assert settings.resolved_mail_backend == "log"
+
+
+def test_development_without_an_smtp_host_logs_mail_and_with_one_sends_it() -> None:
+    assert load_settings(secret_key=TEST_SECRET).resolved_mail_backend == "log"
+    with_host = load_settings(secret_key=TEST_SECRET, smtp_host="mail.example.com")
+    assert with_host.resolved_mail_backend == "smtp"
+
+
+def test_smtp_backend_needs_a_host() -> None:
+    assert "SMTP_HOST" in settings_error(secret_key=TEST_SECRET, mail_backend="smtp")
+
+
+@pytest.mark.parametrize(("tls", "port"), [("tls", 465), ("starttls", 587), ("none", 25)])
+def test_the_smtp_port_follows_the_tls_mode_unless_set(tls: str, port: int) -> None:
+    assert load_settings(secret_key=TEST_SECRET, smtp_tls=tls).resolved_smtp_port == port
+    assert (
+        load_settings(secret_key=TEST_SECRET, smtp_tls=tls, smtp_port=2525).resolved_smtp_port
+        == 2525
+    )
+
+
+@pytest.mark.parametrize("setting", ["password_reset_url", "email_verification_url"])
+@pytest.mark.parametrize("url", ["https://app.example.com/reset", "no-scheme/{token}"])
+def test_link_templates_must_be_absolute_and_hold_the_token(setting: str, url: str) -> None:
+    message = settings_error(secret_key=TEST_SECRET, **{setting: url})
+
+    assert message.startswith(f"invalid setting {setting.upper()}:"), message
+
+
+def test_link_templates_may_use_an_apps_own_scheme() -> None:
+    settings = load_settings(secret_key=TEST_SECRET, password_reset_url="myapp://reset?t={token}")
+
+    assert settings.password_reset_url == "myapp://reset?t={token}"
