@@ -1,9 +1,13 @@
-"""POST /api/v1/auth/register: create an account (API.md, "POST /api/v1/auth/register")."""
+"""POST /api/v1/auth/register: create an account (API.md, "POST /api/v1/auth/register").
+
+The new address is unverified; a verification mail is queued with the account.
+"""
 
 from fastapi import APIRouter, Response
 
+from kernel.account_mail import queue_verification
 from kernel.db import SessionDep
-from kernel.deps import HashingDep, SettingsDep
+from kernel.deps import EmailTokensDep, HashingDep, SettingsDep
 from kernel.errors import EmailTaken, ServerBusy, problem_responses
 from kernel.slices import API_PREFIX
 from kernel.users import PrivateUser, Registration, create_user
@@ -21,11 +25,13 @@ async def register_route(
     response: Response,
     session: SessionDep,
     hashing: HashingDep,
+    tokens: EmailTokensDep,
     settings: SettingsDep,
 ) -> PrivateUser:
     """Register a new account."""
     user = await create_user(
         session, form, hashing=hashing, min_password_length=settings.password_min_length
     )
+    await queue_verification(session, tokens=tokens, settings=settings, user=user)
     response.headers["Location"] = f"{API_PREFIX}/users/{user.id}"
     return PrivateUser.of(user)

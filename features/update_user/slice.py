@@ -4,8 +4,13 @@ Self-service changes of email or password (and an admin deactivating themself) n
 current password, throttled like logins; admins may edit anyone and set `is_active` /
 `is_superuser`. The slow part (argon2) runs first, outside any transaction; then the
 row is locked, `If-Match` is checked against it, and the change is applied.
+
+A new email is unverified: a verification goes to it, a notice to the old address
+(mail/email_changed.*), and secrets mailed to the old address die. A new password
+ends every session and queues the "password changed" notice.
 """
 
+from pathlib import Path
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Header, Response
@@ -13,8 +18,17 @@ from pydantic import Field
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from kernel.account_mail import queue_password_changed, queue_verification
 from kernel.db import SessionDep, outside_transaction
-from kernel.deps import CurrentUser, GuessesDep, HashingDep, SettingsDep, TargetUser
+from kernel.deps import (
+    CurrentUser,
+    EmailTokensDep,
+    GuessesDep,
+    HashingDep,
+    SettingsDep,
+    TargetUser,
+)
+from kernel.email_tokens import EmailTokens, revoke_email_tokens
 from kernel.errors import (
     EmailTaken,
     Forbidden,
@@ -29,8 +43,10 @@ from kernel.errors import (
 from kernel.fields import AvatarUrl, Bio, Email, Name, StrictInput
 from kernel.guesses import PasswordGuesses
 from kernel.hashing import PasswordHashing
+from kernel.mail import queue_mail
 from kernel.passwords import CurrentPassword, Password, check_new_password
 from kernel.sessions import deactivate_account, end_sessions
+from kernel.settings import Settings
 from kernel.users import (
     PrivateUser,
     User,
@@ -41,6 +57,7 @@ from kernel.users import (
 )
 
 router = APIRouter(tags=["users"])
+MAIL_TEMPLATES = Path(__file__).parent / "mail"
 ADMIN_ONLY = frozenset({"is_active", "is_superuser"})
 NEEDS_CURRENT_PASSWORD = frozenset({"email", "password"})
 
@@ -84,7 +101,8 @@ async def update_user(
     *,
     guesses: PasswordGuesses,
     hashing: PasswordHashing,
-    min_password_length: int,
+    tokens: EmailTokens,
+    settings: Settings,
     actor: User,
     target: User,
     update: UserUpdate,
@@ -97,7 +115,9 @@ async def update_user(
     changes: dict[str, Any] = {name: getattr(update, name) for name in fields - {"password"}}
     if "password" in fields:
         new_email = changes.get("email", target.email)
-        check_new_password(update.password, email=new_email, min_length=min_password_length)
+        check_new_password(
+            update.password, email=new_email, min_length=settings.password_min_length
+        )
     async with outside_transaction(session):
         if actor.id == target.id and _needs_current_password(fields, update):
             await guesses.confirm(target, update.current_password)
@@ -118,14 +138,42 @@ async def update_user(
         target.is_active = True  # sessions ended by the deactivation stay ended
     if "password_hash" in changes:
         await end_sessions(session, target.id)  # every session, the caller's included
+    old_email = target.email
     for name, value in changes.items():
         setattr(target, name, value)
+    if "email" in changes:
+        target.email_verified = False
     target.touch()
     try:
         await session.flush()
     except IntegrityError:
         raise EmailTaken() from None
+    if "email" in changes:
+        await _mail_email_change(session, tokens, settings, target, old_email)
+    if "password_hash" in changes:
+        queue_password_changed(session, target)
     return target
+
+
+async def _mail_email_change(
+    session: AsyncSession, tokens: EmailTokens, settings: Settings, user: User, old_email: str
+) -> None:
+    await revoke_email_tokens(session, user.id)  # a reset mailed to the old address dies
+    queue_mail(
+        session,
+        to=old_email,
+        templates=MAIL_TEMPLATES,
+        kind="email_changed",
+        user_id=user.id,
+        context={"first_name": user.first_name, "new_email": _masked(user.email)},
+    )
+    await queue_verification(session, tokens=tokens, settings=settings, user=user)
+
+
+def _masked(email: str) -> str:
+    """n***@example.com: enough for the owner to recognise, not to hand out an address."""
+    local, _, domain = email.rpartition("@")
+    return f"{local[:1]}***@{domain}"
 
 
 ERRORS = problem_responses(
@@ -148,6 +196,7 @@ async def update_me_route(
     session: SessionDep,
     guesses: GuessesDep,
     hashing: HashingDep,
+    tokens: EmailTokensDep,
     settings: SettingsDep,
     response: Response,
     if_match: IfMatch = None,
@@ -161,6 +210,7 @@ async def update_me_route(
         session=session,
         guesses=guesses,
         hashing=hashing,
+        tokens=tokens,
         settings=settings,
         response=response,
         if_match=if_match,
@@ -175,6 +225,7 @@ async def update_user_route(
     session: SessionDep,
     guesses: GuessesDep,
     hashing: HashingDep,
+    tokens: EmailTokensDep,
     settings: SettingsDep,
     response: Response,
     if_match: IfMatch = None,
@@ -184,7 +235,8 @@ async def update_user_route(
         session,
         guesses=guesses,
         hashing=hashing,
-        min_password_length=settings.password_min_length,
+        tokens=tokens,
+        settings=settings,
         actor=actor,
         target=target,
         update=update,

@@ -24,6 +24,11 @@ PUBLIC_ROUTES = {
     ("POST", f"{API_PREFIX}/auth/login"),
     ("POST", f"{API_PREFIX}/auth/refresh"),
     ("POST", f"{API_PREFIX}/auth/logout"),
+    # Whoever forgot their password, or opens a mailed link, has no token: the mailed
+    # secret is the proof.
+    ("POST", f"{API_PREFIX}/auth/password-reset"),
+    ("POST", f"{API_PREFIX}/auth/password-reset/confirm"),
+    ("POST", f"{API_PREFIX}/auth/verify-email"),
     # What other services fetch to verify our tokens (RFC 7517, RFC 8414): public keys only.
     ("GET", "/.well-known/jwks.json"),
     ("GET", "/.well-known/oauth-authorization-server"),
