@@ -9,9 +9,8 @@ import os
 import re
 import signal
 import sys
-from collections.abc import Coroutine
 from pathlib import Path
-from typing import Any, NoReturn
+from typing import NoReturn
 
 import uvicorn
 from pydantic import TypeAdapter, ValidationError
@@ -92,6 +91,10 @@ async def _send_mail(settings: Settings, once: bool) -> int:
     load_slices()  # their mail preparers (kernel.mail.prepare_when_sent)
     database = Database(settings)
     sender = MailSender(database, settings)
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        # The mail being sent is finished first: cut off, it would go out twice.
+        loop.add_signal_handler(signum, sender.request_stop)
     try:
         if settings.auto_migrate:
             await migrations.upgrade(database)
@@ -296,7 +299,7 @@ def main(argv: list[str] | None = None) -> None:
             for key in keys if args.action == "list" else []:
                 print(_key_line(key))
         elif args.command == "send-mail":
-            attempted = _run_until_interrupted(_send_mail(settings, args.once))
+            attempted = asyncio.run(_send_mail(settings, args.once))
             if args.once:
                 print(f"{attempted} mails attempted")
         elif args.command == "outbox":
@@ -322,21 +325,6 @@ def main(argv: list[str] | None = None) -> None:
         _fail(error.message)
     except CommandError as error:
         _fail(str(error))
-
-
-def _run_until_interrupted(work: Coroutine[Any, Any, int]) -> int:
-    """Run until done; SIGTERM or Ctrl-C stop it (a mail cut off mid-send is tried again
-    when its lease ends)."""
-    loop = asyncio.new_event_loop()
-    task = loop.create_task(work)
-    for signum in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(signum, task.cancel)
-    try:
-        return loop.run_until_complete(task)
-    except asyncio.CancelledError:
-        return 0
-    finally:
-        loop.close()
 
 
 def _fail(message: str) -> NoReturn:

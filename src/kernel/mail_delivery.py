@@ -40,6 +40,7 @@ from kernel.mail import (
 from kernel.settings import Settings
 
 log = logging.getLogger("userapi.mail")
+STOP_GRACE_SECONDS = 10
 LEASE = timedelta(minutes=5)  # longer than any SMTP exchange (SMTP_TIMEOUT_SECONDS <= 300)
 MAX_BACKOFF_SECONDS = 3600
 SENT_RETENTION = timedelta(days=7)
@@ -154,20 +155,26 @@ class MailSender:
         on_mail_committed(self._wake.set)
         self._task = asyncio.create_task(self._run(), name="mail sender")
 
-    async def stop(self) -> None:
-        forget_mail_callback(self._wake.set)
+    def request_stop(self) -> None:
+        """Finish the mail being sent, if any, then stop (SIGTERM, shutdown)."""
         self._stopping = True
         self._wake.set()
-        if self._task is not None:
+
+    async def stop(self) -> None:
+        forget_mail_callback(self._wake.set)
+        self.request_stop()
+        if self._task is None:
+            return
+        # A mail the server is accepting right now is let finish: cut off, it would stay
+        # claimed for the lease and then go out a second time.
+        done, _ = await asyncio.wait({self._task}, timeout=STOP_GRACE_SECONDS)
+        if not done:
+            log.warning("mail sender still busy after %d s: stopped", STOP_GRACE_SECONDS)
             self._task.cancel()
-            try:
-                async with asyncio.timeout(5):
-                    await asyncio.gather(self._task, return_exceptions=True)
-            except TimeoutError:
-                log.warning("mail sender did not stop within 5 s")
+            await asyncio.gather(self._task, return_exceptions=True)
 
     async def run_forever(self) -> None:
-        """`userapi send-mail`: poll until cancelled."""
+        """`userapi send-mail`: poll until request_stop()."""
         await self._run()
 
     async def _run(self) -> None:
@@ -194,7 +201,14 @@ class MailSender:
             if claim is None:
                 break  # another sender took what was due
             attempted += 1
-            if claim.mail.prepared or await self._prepare(claim):
+            try:
+                ready = claim.mail.prepared or await self._prepare(claim)
+            except Exception as error:
+                # A preparer's bug: counted as a failed attempt, so it ends failed, visible.
+                log.exception("mail %s (%s): preparing failed", claim.mail.id, claim.mail.kind)
+                await self._record_outcome(claim, f"{type(error).__name__}: {error}", False)
+                continue
+            if ready:
                 await self._deliver(claim)
         return attempted
 
@@ -250,6 +264,10 @@ class MailSender:
             )
             return _Claim(mail, lease) if mail is not None else None
 
+    async def _record_outcome(self, claim: _Claim, error: str | None, permanent: bool) -> None:
+        async with self._database.session() as session:
+            await _record(session, claim, error, permanent, self._settings)
+
     async def _deliver(self, claim: _Claim) -> None:
         mail = claim.mail
         error: str | None = None
@@ -262,8 +280,12 @@ class MailSender:
             error = f"{type(failure).__name__}: {_smtp_error(failure)}"
         except (OSError, TimeoutError) as failure:
             error = f"{type(failure).__name__}: {failure}"
-        async with self._database.session() as session:
-            await _record(session, claim, error, permanent, self._settings)
+        except Exception as failure:
+            # Not a delivery error but a bug: logged with its traceback, and still counted,
+            # so the mail ends failed instead of being retried forever.
+            log.exception("mail %s (%s): sending failed", mail.id, mail.kind)
+            error = f"{type(failure).__name__}: {failure}"
+        await self._record_outcome(claim, error, permanent)
         if error is None:
             log.info("mail %s (%s) sent to %s", mail.id, mail.kind, mail.to_address)
         else:
