@@ -42,6 +42,7 @@ from kernel.users import User, lock_user
 
 router = APIRouter(tags=["auth"])
 MAIL_TEMPLATES = Path(__file__).parent / "mail"
+RESET_PAGE = "/account/reset-password"  # served by features/account_pages
 
 
 class InvalidResetToken(ProblemError):
@@ -86,7 +87,7 @@ async def prepare_reset_mail(
         "first_name": user.first_name,
         "token": secret.token,
         "code": secret.code,
-        "link": link(settings.password_reset_url, secret.token),
+        "link": link(settings.password_reset_url, secret.token, settings=settings, page=RESET_PAGE),
         "minutes": settings.password_reset_ttl_seconds // 60,
     }
     return PreparedMail(render_mail(MAIL_TEMPLATES, "password_reset", context), user.id)

@@ -8,9 +8,15 @@ from kernel.mail import KERNEL_TEMPLATES, queue_mail
 from kernel.settings import Settings
 from kernel.users import User
 
+VERIFICATION_PAGE = "/account/verify-email"  # served by features/account_pages
 
-def link(template: str, token: str) -> str | None:
-    return template.replace("{token}", token) if template else None
+
+def link(template: str, token: str, *, settings: Settings, page: str) -> str | None:
+    """The mailed link: the configured template, else the service's own page, else none."""
+    if template:
+        return template.replace("{token}", token)
+    base = settings.resolved_public_url
+    return f"{base}{page}?token={token}" if base else None
 
 
 async def queue_verification(
@@ -28,7 +34,12 @@ async def queue_verification(
             "first_name": user.first_name,
             "token": secret.token,
             "code": secret.code,
-            "link": link(settings.email_verification_url, secret.token),
+            "link": link(
+                settings.email_verification_url,
+                secret.token,
+                settings=settings,
+                page=VERIFICATION_PAGE,
+            ),
             "hours": settings.email_verification_ttl_seconds // 3600,
         },
     )

@@ -93,7 +93,11 @@ class Settings(BaseSettings):
     mail_send_window_seconds: int = Field(default=900, ge=1, le=7 * 24 * 3600)
     password_reset_ttl_seconds: int = Field(default=1800, ge=1, le=7 * 24 * 3600)
     email_verification_ttl_seconds: int = Field(default=86400, ge=1, le=30 * 24 * 3600)
-    # Links in mails; {token} is replaced. Empty: the mail gives the token and the code only.
+    # Where users reach this service: mailed links open its pages (/account/...) unless
+    # the templates below are set. Unset: http://127.0.0.1:8000 outside production; in
+    # production, mails then carry only the code and the token.
+    public_url: str = ""
+    # Links in mails to your own page or app ({token} is replaced).
     password_reset_url: str = ""
     email_verification_url: str = ""
     require_verified_email: bool = False
@@ -132,6 +136,13 @@ class Settings(BaseSettings):
         if url and "://" not in url:
             raise ValueError("must be an absolute URL (https://..., or an app's own scheme://)")
         return url
+
+    @field_validator("public_url")
+    @classmethod
+    def _public_url(cls, url: str) -> str:
+        if url and not url.startswith(("https://", "http://")):
+            raise ValueError("must start with https:// (or http://)")
+        return url.rstrip("/")
 
     @model_validator(mode="after")
     def _mail_is_deliverable(self) -> "Settings":
@@ -176,6 +187,11 @@ class Settings(BaseSettings):
     @property
     def resolved_mail_backend(self) -> Literal["smtp", "log"]:
         return self.mail_backend or ("smtp" if self.smtp_host else "log")
+
+    @property
+    def resolved_public_url(self) -> str:
+        development = "" if self.env == "production" else "http://127.0.0.1:8000"
+        return self.public_url or development
 
     @property
     def resolved_smtp_port(self) -> int:

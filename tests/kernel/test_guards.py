@@ -29,6 +29,11 @@ PUBLIC_ROUTES = {
     ("POST", f"{API_PREFIX}/auth/password-reset"),
     ("POST", f"{API_PREFIX}/auth/password-reset/confirm"),
     ("POST", f"{API_PREFIX}/auth/verify-email"),
+    # The static pages those mailed links open (they post to the routes above).
+    ("GET", "/account/verify-email"),
+    ("GET", "/account/reset-password"),
+    ("GET", "/account/account.js"),
+    ("GET", "/account/account.css"),
     # What other services fetch to verify our tokens (RFC 7517, RFC 8414): public keys only.
     ("GET", "/.well-known/jwks.json"),
     ("GET", "/.well-known/oauth-authorization-server"),
