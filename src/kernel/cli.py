@@ -209,7 +209,7 @@ async def _promote(settings: Settings, email: str) -> User:
 def _new_feature(name: str, root: Path) -> list[Path]:
     """Copy the scaffold into ROOT/features/NAME and ROOT/tests/features (ROOT: the project)."""
     if not _SLICE_NAME.match(name) or keyword.iskeyword(name):
-        raise CommandError(f"invalid feature name {name!r}: use snake_case, like reset_password")
+        raise CommandError(f"invalid feature name {name!r}: use snake_case, like saved_searches")
     if not (root / "features").is_dir():
         raise CommandError(f"{root} has no features/ folder: run this from the project root")
     target = root / "features" / name

@@ -109,7 +109,7 @@ async def test_new_feature_refuses_an_existing_slice(project: Path) -> None:
 
 
 async def test_new_feature_outside_a_project_root_says_where_to_run_it(tmp_path: Path) -> None:
-    result = await run_cli("new-feature", "reset_password", env=cli_env(), cwd=tmp_path)
+    result = await run_cli("new-feature", "saved_searches", env=cli_env(), cwd=tmp_path)
 
     assert result.returncode == 1
     assert "project root" in result.stderr
