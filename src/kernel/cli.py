@@ -54,6 +54,10 @@ def _serve(args: argparse.Namespace, settings: Settings) -> None:
         asyncio.run(_migrate(settings))
     # The workers inherit it: they split the hashing memory budget between them.
     os.environ["WEB_CONCURRENCY"] = str(args.workers)
+    if not settings.public_url and settings.env != "production":
+        # Mailed links in development open the pages of this very server.
+        host = "127.0.0.1" if args.host in ("0.0.0.0", "::") else args.host  # noqa: S104
+        os.environ["PUBLIC_URL"] = f"http://{host}:{args.port}"
     uvicorn.run(
         "kernel.app:create_app",
         factory=True,

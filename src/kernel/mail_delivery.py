@@ -126,9 +126,19 @@ def build_message(mail: OutboxMail, sender: str) -> EmailMessage:
     message["Date"] = format_datetime(mail.created_at)
     # The same on every attempt: a receiver can drop a copy sent twice after a crash.
     message["Message-ID"] = f"<{mail.id.hex}@userapi>"
-    message.set_content(mail.text_body)
-    message.add_alternative(mail.html_body, subtype="html")
+    # Unencoded when lines allow (every relay today takes 8BITMIME): a mail a person can
+    # read, and a link they can click, even opened as a file. Quoted-printable otherwise.
+    message.set_content(mail.text_body, cte=_transfer_encoding(mail.text_body))
+    message.add_alternative(
+        mail.html_body, subtype="html", cte=_transfer_encoding(mail.html_body)
+    )
     return message
+
+
+def _transfer_encoding(body: str) -> str:
+    if any(len(line.encode()) > 998 for line in body.splitlines()):  # RFC 5322 line limit
+        return "quoted-printable"
+    return "7bit" if body.isascii() else "8bit"
 
 
 @dataclass(frozen=True)

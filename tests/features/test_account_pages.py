@@ -11,6 +11,7 @@ from kernel.settings import Settings
 from tests.conftest import make_settings
 from tests.factories import register, serving
 from tests.mail import Mailbox, text_of, token_in
+from tests.waiting import wait_until
 
 PAGES = ["/account/verify-email", "/account/reset-password"]
 
@@ -87,3 +88,24 @@ async def test_a_page_posts_to_an_operation_the_api_has(
     [endpoint] = re.findall(r'data-endpoint="([^"]+)"', (await client.get(page)).text)
 
     assert "post" in document["paths"][endpoint]
+
+
+async def test_a_development_mail_file_shows_its_link_as_written(
+    database_url: str, tmp_path: Path
+) -> None:
+    # No SMTP_HOST: the development backend writes DATA_DIR/mail/<id>.eml. Opened in any
+    # editor, the link must be there whole (not quoted-printable), to be clicked.
+    settings = make_settings(database_url, tmp_path, mail_poll_seconds=0.1)
+    folder = tmp_path / "mail"
+    async with serving(settings) as (_, client):
+        await register(client, first_name="Zoë")
+        await wait_until(
+            lambda: folder.is_dir() and any(folder.glob("*.eml")),
+            within=20,
+            what="the mail file",
+        )
+
+    [mail_file] = folder.glob("*.eml")
+    raw = mail_file.read_text("utf-8")
+    assert re.search(r"http://127\.0\.0\.1:8000/account/verify-email\?token=[\w-]{43}\n", raw)
+    assert "Hello Zoë," in raw
