@@ -49,8 +49,20 @@ class EmailToken(SQLModel, table=True):
     used_at: datetime | None = Field(default=None, sa_type=UTCDateTime)
 
 
-MailedToken = Annotated[SafeText, PydanticField(min_length=1, max_length=TOKEN_MAX_LENGTH)]
-MailedCode = Annotated[str, PydanticField(pattern=r"^[0-9]{6}$", examples=["042917"])]
+MailedToken = Annotated[
+    SafeText,
+    PydanticField(
+        min_length=1, max_length=TOKEN_MAX_LENGTH, description="The token from the mail's link."
+    ),
+]
+MailedCode = Annotated[
+    str,
+    PydanticField(
+        pattern=r"^[0-9]{6}$",
+        examples=["042917"],
+        description="The 6-digit code from the mail; send it with `email`.",
+    ),
+]
 
 
 class MailedProof(StrictInput):

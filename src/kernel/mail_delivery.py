@@ -129,9 +129,7 @@ def build_message(mail: OutboxMail, sender: str) -> EmailMessage:
     # Unencoded when lines allow (every relay today takes 8BITMIME): a mail a person can
     # read, and a link they can click, even opened as a file. Quoted-printable otherwise.
     message.set_content(mail.text_body, cte=_transfer_encoding(mail.text_body))
-    message.add_alternative(
-        mail.html_body, subtype="html", cte=_transfer_encoding(mail.html_body)
-    )
+    message.add_alternative(mail.html_body, subtype="html", cte=_transfer_encoding(mail.html_body))
     return message
 
 

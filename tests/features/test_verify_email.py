@@ -218,3 +218,15 @@ async def test_with_verified_email_required_only_verified_accounts_log_in(
     assert_problem(unverified, 403, "email_not_verified")
     assert_problem(wrong, 401, "invalid_credentials")  # the state is told only to the owner
     assert verified.status_code == 200, verified.text
+
+
+async def test_the_send_limit_is_shared_by_every_process(settings: Settings, user: Account) -> None:
+    # Two more apps on the same database: three processes, one count per address.
+    async with serving(settings) as (_, first), serving(settings) as (_, second):
+        answers = [
+            await process.post(RESEND, headers=user.headers)
+            for process in (first, second, first, second)
+        ]
+
+    assert [answer.status_code for answer in answers[:3]] == [202, 202, 202]
+    assert_problem(answers[3], 429, "too_many_requests")
