@@ -1,16 +1,17 @@
 """Every test runs twice, on SQLite and on PostgreSQL, against the real app over HTTP.
 
 Isolation: SQLite gets a fresh copy of a migrated database file per test; PostgreSQL
-gets one migrated database per test session, emptied before each test. Both commit
-for real, so concurrency tests see what production would.
+gets one migrated database per test session (per xdist worker), emptied before each
+test. Both commit for real, so concurrency tests see what production would.
 """
 
 import asyncio
 import os
 import shutil
+import tempfile
 import uuid
 from collections.abc import AsyncIterator, Iterator
-from contextlib import asynccontextmanager
+from contextlib import asynccontextmanager, contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -72,11 +73,37 @@ async def migrate(url: str) -> None:
         await migrations.upgrade(database)
 
 
+# tmpfs: a SQLite file there is written and fsynced in memory, not on the disk.
+MEMORY_FOLDER = Path("/dev/shm")  # noqa: S108 (only mkdtemp folders, mode 0700, in it)
+
+
+@contextmanager
+def scratch_folder(fallback: Path) -> Iterator[Path]:
+    """A new empty folder in memory (MEMORY_FOLDER) where there is one, else `fallback`;
+    the in-memory one is removed with everything in it (SQLite's -wal and -shm too)."""
+    if not (MEMORY_FOLDER.is_dir() and os.access(MEMORY_FOLDER, os.W_OK | os.X_OK)):
+        yield fallback
+        return
+    folder = Path(tempfile.mkdtemp(prefix=f"userapi-tests-{os.getpid()}-", dir=MEMORY_FOLDER))
+    try:
+        yield folder
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+@pytest.fixture
+def sqlite_folder(tmp_path: Path) -> Iterator[Path]:
+    """Where this test's SQLite files go: in memory when the machine has tmpfs."""
+    with scratch_folder(tmp_path) as folder:
+        yield folder
+
+
 @pytest.fixture(scope="session")
-def sqlite_template(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    path = tmp_path_factory.mktemp("template") / "userapi.db"
-    asyncio.run(migrate(f"sqlite+aiosqlite:///{path}"))
-    return path
+def sqlite_template(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    with scratch_folder(tmp_path_factory.mktemp("template")) as folder:
+        path = folder / "userapi.db"
+        asyncio.run(migrate(f"sqlite+aiosqlite:///{path}"))
+        yield path
 
 
 @pytest.fixture(scope="session")
@@ -96,10 +123,11 @@ def postgres_database() -> Iterator[str]:
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])
-def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+def database_url(request: pytest.FixtureRequest) -> str:
     if request.param == "sqlite":
         template: Path = request.getfixturevalue("sqlite_template")
-        copy = tmp_path / "userapi.db"
+        folder: Path = request.getfixturevalue("sqlite_folder")
+        copy = folder / "userapi.db"
         shutil.copyfile(template, copy)
         return f"sqlite+aiosqlite:///{copy}"
     url: str = request.getfixturevalue("postgres_database")

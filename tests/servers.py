@@ -13,7 +13,7 @@ import socket
 import sys
 import uuid
 from collections.abc import AsyncIterator, Mapping
-from contextlib import asynccontextmanager
+from contextlib import AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -280,3 +280,30 @@ async def running_server(
         workdir, server_env(database_url, **(env or {})), port=port
     ) as server:
         yield server
+
+
+@asynccontextmanager
+async def running_servers(
+    count: int,
+    database_url: str,
+    workdir: Path,
+    *,
+    env: Mapping[str, str] | None = None,
+) -> AsyncIterator[list[Server]]:
+    """`count` servers as running_server makes them, on one database, started together
+    (as replicas of one deployment start): each pays its start-up at the same time, not
+    one after another. If one fails to start, the others are stopped as well."""
+    async with AsyncExitStack() as stack:
+
+        async def start() -> Server:
+            return await stack.enter_async_context(running_server(database_url, workdir, env=env))
+
+        # A TaskGroup cancels (and so stops) the servers still starting when one fails.
+        try:
+            async with asyncio.TaskGroup() as group:
+                starting = [group.create_task(start()) for _ in range(count)]
+        except ExceptionGroup as failed:
+            if len(failed.exceptions) == 1:  # the report of the one that failed, unwrapped
+                raise failed.exceptions[0] from None
+            raise
+        yield [task.result() for task in starting]

@@ -24,10 +24,11 @@ class EmptyDatabase:
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])
-def empty_database(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[EmptyDatabase]:
+def empty_database(request: pytest.FixtureRequest) -> Iterator[EmptyDatabase]:
     """A new SQLite file, or a newly created PostgreSQL database dropped afterwards."""
     if request.param == "sqlite":
-        path = tmp_path / "empty.db"
+        folder: Path = request.getfixturevalue("sqlite_folder")
+        path = folder / "empty.db"
         yield EmptyDatabase(url=f"sqlite+aiosqlite:///{path}", operator_url=f"sqlite:///{path}")
         return
     name = f"userapi_kernel_{os.getpid()}_{uuid.uuid4().hex[:8]}"

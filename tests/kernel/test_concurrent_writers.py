@@ -11,7 +11,7 @@ from pathlib import Path
 import httpx
 
 from tests.factories import DEFAULT_PASSWORD
-from tests.servers import running_server
+from tests.servers import running_servers
 
 WRITERS = 50
 
@@ -29,8 +29,7 @@ async def test_fifty_concurrent_writers_on_two_servers_all_succeed(
     database_url: str, tmp_path: Path
 ) -> None:
     async with (
-        running_server(database_url, tmp_path) as first,
-        running_server(database_url, tmp_path) as second,
+        running_servers(2, database_url, tmp_path) as (first, second),
         httpx.AsyncClient(timeout=60) as client,
     ):
         servers = [first.base_url, second.base_url]

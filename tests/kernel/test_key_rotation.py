@@ -15,7 +15,7 @@ import httpx
 import jwt
 
 from tests.factories import DEFAULT_PASSWORD, registration
-from tests.servers import Server, cli_env, run_cli, running_server, server_env
+from tests.servers import Server, cli_env, run_cli, running_server, running_servers, server_env
 from tests.waiting import poll
 
 # Short, so the test sees a key start signing; servers then re-read keys every second.
@@ -118,8 +118,7 @@ async def test_two_servers_go_through_a_rotation_and_nobody_is_logged_out(
     database_url: str, tmp_path: Path
 ) -> None:
     async with (
-        running_server(database_url, tmp_path, env=PUBLISH) as first,
-        running_server(database_url, tmp_path, env=PUBLISH) as second,
+        running_servers(2, database_url, tmp_path, env=PUBLISH) as (first, second),
         httpx.AsyncClient(timeout=30) as client,
     ):
         registered = await client.post(

@@ -11,7 +11,7 @@ from pathlib import Path
 import httpx
 
 from tests.factories import DEFAULT_PASSWORD, assert_problem, registration
-from tests.servers import Server, run_cli, running_server, server_env
+from tests.servers import Server, run_cli, running_servers, server_env
 
 ADMIN_PASSWORD = "administrator passphrase 2026"
 
@@ -50,8 +50,7 @@ async def test_deactivation_on_one_server_revokes_tokens_on_the_other(
     )
     assert created.returncode == 0, created.stderr
     async with (
-        running_server(database_url, tmp_path) as first,
-        running_server(database_url, tmp_path) as second,
+        running_servers(2, database_url, tmp_path) as (first, second),
         httpx.AsyncClient(timeout=30) as client,
     ):
         user_id = await _register(client, first, "walker@example.com")
@@ -80,8 +79,7 @@ async def test_password_change_on_one_server_revokes_tokens_on_the_other(
     database_url: str, tmp_path: Path
 ) -> None:
     async with (
-        running_server(database_url, tmp_path) as first,
-        running_server(database_url, tmp_path) as second,
+        running_servers(2, database_url, tmp_path) as (first, second),
         httpx.AsyncClient(timeout=30) as client,
     ):
         await _register(client, first, "mover@example.com")
@@ -110,8 +108,7 @@ async def test_password_change_on_one_server_revokes_tokens_on_the_other(
 
 async def test_sessions_hold_across_two_servers(database_url: str, tmp_path: Path) -> None:
     async with (
-        running_server(database_url, tmp_path) as first,
-        running_server(database_url, tmp_path) as second,
+        running_servers(2, database_url, tmp_path) as (first, second),
         httpx.AsyncClient(timeout=30) as client,
     ):
         await _register(client, first, "phone@example.com")
