@@ -69,7 +69,7 @@ async def request_password_reset_route(
 ) -> Response:
     """Ask for a password-reset mail. 202 for any address: nobody learns who has an account."""
     await limits.check_ip(session, ip)
-    if not await limits.address_allows(session, body.email):  # counted for any address
+    if not await limits.address_allows(session, "password_reset", body.email):  # any address
         queue_mail_prepared_later(session, to=body.email, kind="password_reset")
     return Response(status_code=202)
 
@@ -84,7 +84,6 @@ async def prepare_reset_mail(
     secret = await preparation.email_tokens.issue(session, user, "password_reset")
     settings = preparation.settings
     context = {
-        "first_name": user.first_name,
         "token": secret.token,
         "code": secret.code,
         "link": link(settings.password_reset_url, secret.token, settings=settings, page=RESET_PAGE),

@@ -21,10 +21,12 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from kernel.account_mail import queue_password_changed, queue_verification
 from kernel.db import SessionDep, outside_transaction
 from kernel.deps import (
+    ClientIP,
     CurrentUser,
     EmailTokensDep,
     GuessesDep,
     HashingDep,
+    SendLimitsDep,
     SettingsDep,
     TargetUser,
 )
@@ -45,6 +47,7 @@ from kernel.guesses import PasswordGuesses
 from kernel.hashing import PasswordHashing
 from kernel.mail import queue_mail
 from kernel.passwords import CurrentPassword, Password, check_new_password
+from kernel.send_limits import SendLimits, TooManyRequests
 from kernel.sessions import deactivate_account, end_sessions
 from kernel.settings import Settings
 from kernel.users import (
@@ -102,6 +105,8 @@ async def update_user(
     guesses: PasswordGuesses,
     hashing: PasswordHashing,
     tokens: EmailTokens,
+    limits: SendLimits,
+    ip: str | None,
     settings: Settings,
     actor: User,
     target: User,
@@ -129,6 +134,13 @@ async def update_user(
     changes = {name: value for name, value in changes.items() if getattr(target, name) != value}
     if not changes:
         return target
+    if "email" in changes:
+        # An email change mails a new code: limited like asking for one, or a guesser
+        # could change back and forth for a fresh budget, and flood any address.
+        await limits.check_ip(session, ip)
+        wait = await limits.address_allows(session, "email_verification", changes["email"])
+        if wait:
+            raise TooManyRequests(headers={"Retry-After": str(wait)})
     if changes.get("is_superuser") is False or changes.get("is_active") is False:
         await ensure_not_last_admin(session, target)
     activation = changes.pop("is_active", None)
@@ -165,7 +177,7 @@ async def _mail_email_change(
         templates=MAIL_TEMPLATES,
         kind="email_changed",
         user_id=user.id,
-        context={"first_name": user.first_name, "new_email": _masked(user.email)},
+        context={"new_email": _masked(user.email)},
     )
     await queue_verification(session, tokens=tokens, settings=settings, user=user)
 
@@ -185,6 +197,7 @@ ERRORS = problem_responses(
     LastAdmin,
     PreconditionFailed,
     ServerBusy,
+    TooManyRequests,
 )
 IfMatch = Annotated[str | None, Header(description="Update only if the user's ETag matches.")]
 
@@ -197,6 +210,8 @@ async def update_me_route(
     guesses: GuessesDep,
     hashing: HashingDep,
     tokens: EmailTokensDep,
+    limits: SendLimitsDep,
+    ip: ClientIP,
     settings: SettingsDep,
     response: Response,
     if_match: IfMatch = None,
@@ -211,6 +226,8 @@ async def update_me_route(
         guesses=guesses,
         hashing=hashing,
         tokens=tokens,
+        limits=limits,
+        ip=ip,
         settings=settings,
         response=response,
         if_match=if_match,
@@ -226,6 +243,8 @@ async def update_user_route(
     guesses: GuessesDep,
     hashing: HashingDep,
     tokens: EmailTokensDep,
+    limits: SendLimitsDep,
+    ip: ClientIP,
     settings: SettingsDep,
     response: Response,
     if_match: IfMatch = None,
@@ -236,6 +255,8 @@ async def update_user_route(
         guesses=guesses,
         hashing=hashing,
         tokens=tokens,
+        limits=limits,
+        ip=ip,
         settings=settings,
         actor=actor,
         target=target,

@@ -69,7 +69,7 @@ async def send_verification_email_route(
     if user.email_verified:
         raise AlreadyVerified()
     await limits.check_ip(session, ip)
-    wait = await limits.address_allows(session, user.email)
+    wait = await limits.address_allows(session, "email_verification", user.email)
     if wait:
         raise TooManyRequests(headers={"Retry-After": str(wait)})
     await queue_verification(session, tokens=tokens, settings=settings, user=user)

@@ -31,7 +31,6 @@ async def queue_verification(
         kind="email_verification",
         user_id=user.id,
         context={
-            "first_name": user.first_name,
             "token": secret.token,
             "code": secret.code,
             "link": link(
@@ -52,5 +51,5 @@ def queue_password_changed(session: AsyncSession, user: User) -> None:
         templates=KERNEL_TEMPLATES,
         kind="password_changed",
         user_id=user.id,
-        context={"first_name": user.first_name},
+        context={},
     )

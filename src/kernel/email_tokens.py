@@ -4,9 +4,15 @@ Each mail carries both: a 256-bit token for a link, and a code for apps that can
 open links. Only hashes are stored (the code's keyed with SECRET_KEY: a million codes
 are too few to hide behind a plain hash). A user has at most one live secret per
 purpose; a new one replaces it. One is spent by one conditional UPDATE, so of two
-confirmations racing exactly one succeeds. A code allows MAX_CODE_ATTEMPTS wrong tries,
-counted in a transaction of their own (a wrong code is an error, yet it must count),
-before the secret is dead.
+confirmations racing exactly one succeeds.
+
+Code tries are counted per purpose and address, known or not (`code:<purpose>:<email>`
+in the send counters), in a transaction of their own, before any comparison: a burst
+of guesses cannot get more than MAX_CODE_ATTEMPTS compared, and a wrong code for an
+unknown address costs the same single write as for a known one, so timing tells them
+apart no better than the answer does. Past MAX_CODE_ATTEMPTS the secret is dead, its
+link too. A new secret restarts the count; how often one may be mailed is bounded by
+the send limits (kernel.send_limits), so guesses stay bounded per window too.
 """
 
 import hashlib
@@ -25,11 +31,12 @@ from sqlmodel import Field, SQLModel, col
 
 from kernel.db import Database, UTCDateTime, outside_transaction, utc_now
 from kernel.fields import Email, SafeText, StrictInput
+from kernel.send_limits import count_hit, forget_hits, hits
 from kernel.settings import Settings
 from kernel.users import User
 
 Purpose = Literal["password_reset", "email_verification"]
-MAX_CODE_ATTEMPTS = 5
+MAX_CODE_ATTEMPTS = 5  # tries per mailed code
 TOKEN_MAX_LENGTH = 100  # what we issue is 43 characters
 
 
@@ -43,7 +50,6 @@ class EmailToken(SQLModel, table=True):
     email: str = Field(max_length=320, index=True)
     token_hash: str = Field(max_length=64, unique=True)
     code_hash: str = Field(max_length=64)
-    failed_codes: int = Field(default=0)
     created_at: datetime = Field(default_factory=utc_now, sa_type=UTCDateTime)
     expires_at: datetime = Field(sa_type=UTCDateTime, index=True)
     used_at: datetime | None = Field(default=None, sa_type=UTCDateTime)
@@ -109,6 +115,7 @@ class EmailTokens:
     async def issue(self, session: AsyncSession, user: User, purpose: Purpose) -> MailedSecret:
         """A new secret for the user's current address; the earlier one of this purpose dies."""
         await revoke_email_tokens(session, user.id, purpose)
+        await forget_hits(session, _tries_key(purpose, user.email))  # a new code, new tries
         secret = MailedSecret(
             token=secrets.token_urlsafe(32), code=f"{secrets.randbelow(10**6):06d}"
         )
@@ -141,36 +148,39 @@ class EmailTokens:
         """The live secret this token belongs to (read only: `spend` decides)."""
         if len(token) > TOKEN_MAX_LENGTH:
             return None
-        return await session.scalar(
+        row = await session.scalar(
             select(EmailToken).where(
                 col(EmailToken.token_hash) == _token_hash(token), *_live(purpose)
             )
         )
+        if row is None:
+            return None
+        tries = await hits(session, _tries_key(purpose, row.email), window=self._ttl[purpose])
+        return row if tries <= MAX_CODE_ATTEMPTS else None  # dead after too many wrong codes
 
     async def find_by_code(self, purpose: Purpose, email: str, code: str) -> EmailToken | None:
-        """The live secret mailed to `email` if `code` is its code; a wrong code counts.
+        """The live secret mailed to `email` if `code` is its code; every try counts.
 
-        The try is counted before the comparison, atomically, in its own committed
-        transaction: a burst of guesses cannot get more than MAX_CODE_ATTEMPTS compared.
         Call it with no request transaction holding writes (it opens its own).
         """
         async with self._database.session() as session:
+            # The window outlives the code (it starts at the first try, after the mail).
+            refused = await count_hit(
+                session,
+                _tries_key(purpose, email),
+                limit=MAX_CODE_ATTEMPTS,
+                window=self._ttl[purpose],
+            )
             row = await session.scalar(
                 select(EmailToken)
                 .where(col(EmailToken.email) == email, *_live(purpose))
                 .order_by(col(EmailToken.created_at).desc())
                 .limit(1)
             )
-            if row is None:
-                return None
-            counted = await session.scalar(
-                update(EmailToken)
-                .where(col(EmailToken.id) == row.id, *_live(purpose))
-                .values(failed_codes=col(EmailToken.failed_codes) + 1)
-                .returning(col(EmailToken.id))
-            )
+        if refused or row is None:
+            return None
         matches = hmac.compare_digest(self._code_hash(row.id, code), row.code_hash)
-        return row if counted is not None and matches else None
+        return row if matches else None
 
     async def spend(self, session: AsyncSession, row: EmailToken) -> bool:
         """Use the secret up, in the caller's transaction; False if it was spent meanwhile."""
@@ -183,12 +193,15 @@ class EmailTokens:
         return spent is not None
 
 
+def _tries_key(purpose: Purpose, email: str) -> str:
+    return f"code:{purpose}:{email}"
+
+
 def _live(purpose: Purpose) -> tuple[ColumnElement[bool], ...]:
     return (
         col(EmailToken.purpose) == purpose,
         col(EmailToken.used_at).is_(None),
         col(EmailToken.expires_at) > utc_now(),
-        col(EmailToken.failed_codes) < MAX_CODE_ATTEMPTS,
     )
 
 
@@ -203,12 +216,10 @@ async def revoke_email_tokens(
 
 
 async def purge_spent_email_tokens(session: AsyncSession) -> int:
-    """Expired, used and dead secrets (run by `userapi purge-expired`)."""
+    """Expired and used secrets (run by `userapi purge-expired`)."""
     result = await session.execute(
         delete(EmailToken).where(
-            (col(EmailToken.expires_at) <= utc_now())
-            | col(EmailToken.used_at).is_not(None)
-            | (col(EmailToken.failed_codes) >= MAX_CODE_ATTEMPTS)
+            (col(EmailToken.expires_at) <= utc_now()) | col(EmailToken.used_at).is_not(None)
         )
     )
     return int(getattr(result, "rowcount", 0) or 0)

@@ -3,6 +3,7 @@
 Password fields and rules live in kernel.passwords.
 """
 
+import unicodedata
 from typing import Annotated
 
 from email_validator import EmailNotValidError, validate_email
@@ -38,6 +39,19 @@ def storable(text: str) -> str:
         raise PydanticCustomError(
             "string_surrogate", "must not contain unpaired surrogates"
         ) from None
+    return text
+
+
+# Bidirectional overrides and isolates: they make text read differently from what it is.
+_BIDI_CONTROLS = frozenset("\u202a\u202b\u202c\u202d\u202e\u2066\u2067\u2068\u2069")
+
+
+def single_line(text: str) -> str:
+    """A name is one line of visible text: no newline, tab or other control, no bidi tricks."""
+    if any(unicodedata.category(char) == "Cc" or char in _BIDI_CONTROLS for char in text):
+        raise PydanticCustomError(
+            "string_control_character", "must not contain control or bidi-override characters"
+        )
     return text
 
 
@@ -81,6 +95,7 @@ Name = Annotated[
     BeforeValidator(_trimmed),
     Field(min_length=1, max_length=100),  # after trimming: whitespace alone is refused
     AfterValidator(storable),
+    AfterValidator(single_line),
 ]
 Bio = Annotated[str, Field(max_length=1000), AfterValidator(storable)]
 AvatarUrl = Annotated[

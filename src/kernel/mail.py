@@ -3,7 +3,9 @@
 A rolled-back change leaves no mail; a committed one always has its mail, which
 `kernel.mail_delivery` sends afterwards (from every `userapi serve` process, or from
 `userapi send-mail`). Mails are rendered from Jinja2 templates that live next to the code
-that sends them: NAME.subject.txt, NAME.txt and NAME.html (the HTML autoescaped).
+that sends them: NAME.subject.txt, NAME.txt and NAME.html (the HTML autoescaped). No
+template shows text a user typed (a name): mails go to addresses nobody has verified
+yet, and the service must not carry a stranger's words, a phishing link say, to them.
 
 A mail can also be written now and prepared when it is sent (`queue_mail_prepared_later`
 with a preparer registered by `prepare_when_sent`): a request then does the same work

@@ -31,6 +31,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from sqlmodel import Field, SQLModel, col
 
 from kernel.db import UTCDateTime, utc_now
+from kernel.email_tokens import revoke_email_tokens
 from kernel.fields import SafeText
 from kernel.settings import Settings
 from kernel.tokens import AccessTokens
@@ -174,9 +175,11 @@ async def end_sessions(
 
 
 async def deactivate_account(db: AsyncSession, user: User) -> None:
-    """Soft delete: the row (and its email) stays; every session ends at once."""
+    """Soft delete: the row (and its email) stays; every session ends at once, and
+    every link or code mailed to it dies (a reactivation does not revive them)."""
     user.is_active = False
     await end_sessions(db, user.id)
+    await revoke_email_tokens(db, user.id)
 
 
 async def purge_expired_sessions(db: AsyncSession) -> int:

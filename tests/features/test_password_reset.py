@@ -384,3 +384,22 @@ async def test_an_unknown_token_or_code_is_refused(
 
     assert_problem(by_token, 400, "invalid_reset_token")
     assert_problem(by_code, 400, "invalid_reset_token")
+
+
+async def test_a_reset_mailed_before_a_deactivation_is_dead_after_reactivation(
+    client: httpx.AsyncClient, mailbox: Mailbox, user: Account, admin: Account
+) -> None:
+    token = token_in(await reset_mail(client, mailbox, user))
+    deactivated = await client.post(
+        "/api/v1/users/me/deactivate",
+        json={"current_password": user.password},
+        headers=user.headers,
+    )
+    reactivated = await client.patch(
+        f"/api/v1/users/{user.id}", json={"is_active": True}, headers=admin.headers
+    )
+    assert (deactivated.status_code, reactivated.status_code) == (200, 200)
+
+    response = await client.post(CONFIRM, json={"token": token, "new_password": NEW_PASSWORD})
+
+    assert_problem(response, 400, "invalid_reset_token")

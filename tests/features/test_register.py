@@ -338,3 +338,13 @@ async def test_an_email_that_case_folding_lengthens_past_the_limit_returns_422(
 
     problem = assert_problem(response, 422, "validation_error")
     assert issue_types(problem) == ["string_too_long"]
+
+
+@pytest.mark.parametrize(
+    "name", ["Bob\nBcc: evil@example.com", "Tab\there", "Al\u202eice", "Bell\u0007"]
+)
+async def test_a_name_is_one_line_of_visible_text(client: httpx.AsyncClient, name: str) -> None:
+    response = await client.post(REGISTER, json=registration(first_name=name))
+
+    body = assert_problem(response, 422, "validation_error")
+    assert body["errors"][0]["type"] == "string_control_character"

@@ -9,7 +9,7 @@ import pytest
 
 from kernel.settings import Settings
 from tests.conftest import make_settings
-from tests.factories import Account, assert_problem, register, serving
+from tests.factories import Account, assert_problem, login, register, serving
 from tests.mail import Mailbox, code_in, html_of, text_of, token_in
 
 VERIFY = "/api/v1/auth/verify-email"
@@ -69,16 +69,60 @@ async def test_verifying_changes_the_etag(
     assert after != before
 
 
-async def test_the_html_part_escapes_what_the_user_typed(
+async def test_a_mail_carries_nothing_the_user_typed(
     client: httpx.AsyncClient, mailbox: Mailbox
 ) -> None:
-    account = await register(client, first_name="<b>Eve</b> & co")
+    # Anyone can register any address: a name must not carry a stranger's words to it.
+    account = await register(client, first_name="Reset now at https://evil.example")
 
     [mail] = await mailbox.wait_for(account.email)
 
-    assert "&lt;b&gt;Eve&lt;/b&gt; &amp; co" in html_of(mail)
-    assert "<b>Eve</b>" not in html_of(mail)
-    assert "<b>Eve</b> & co" in text_of(mail)
+    assert "evil.example" not in text_of(mail)
+    assert "evil.example" not in html_of(mail)
+
+
+async def test_five_wrong_codes_kill_the_verification_and_a_new_mail_works(
+    client: httpx.AsyncClient, mailbox: Mailbox, user: Account
+) -> None:
+    first = await mailbox.latest(user.email, 1)
+    wrong = f"{(int(code_in(first)) + 1) % 10**6:06d}"
+    for _ in range(5):
+        await client.post(VERIFY, json={"email": user.email, "code": wrong})
+
+    right = await client.post(VERIFY, json={"email": user.email, "code": code_in(first)})
+    link = await client.post(VERIFY, json={"token": token_in(first)})
+    assert (await client.post(RESEND, headers=user.headers)).status_code == 202
+    second = await mailbox.latest(user.email, 2)
+    fresh = await client.post(VERIFY, json={"email": user.email, "code": code_in(second)})
+
+    assert_problem(right, 400, "invalid_verification_token")
+    assert_problem(link, 400, "invalid_verification_token")
+    assert fresh.status_code == 204, fresh.text
+
+
+async def test_email_changes_are_limited_like_asking_for_a_mail(
+    database_url: str, tmp_path: Path, mailbox: Mailbox
+) -> None:
+    # A change mails a new code: back and forth it would be a fresh budget of tries.
+    settings = make_settings(database_url, tmp_path, mail_send_limit=1, **mailbox.settings)
+    async with serving(settings) as (_, client):
+        account = await login(client, await register(client))
+        original, target = account.email, f"target-{uuid.uuid4().hex[:8]}@example.com"
+        answers = []
+        for address in (target, original, target):
+            answers.append(
+                await client.patch(
+                    "/api/v1/users/me",
+                    json={"email": address, "current_password": account.password},
+                    headers=account.headers,
+                )
+            )
+        now = await client.get("/api/v1/users/me", headers=account.headers)
+
+    assert [answer.status_code for answer in answers[:2]] == [200, 200]
+    assert_problem(answers[2], 429, "too_many_requests")
+    assert int(answers[2].headers["Retry-After"]) > 0
+    assert now.json()["email"] == original
 
 
 async def test_a_token_works_once_and_a_bad_one_never(

@@ -152,7 +152,8 @@ async def test_out_of_range_query_values_get_422(
 
 @pytest.mark.parametrize(
     "name",
-    ["Zoë 🚀👩‍💻", "مريم", "שָׁלוֹם", "\u202eevil\u202c", "李小龍", 'O\'Brien-"Quote"'],
+    # Right-to-left scripts need no bidi overrides: those are refused (test_register.py).
+    ["Zoë 🚀👩‍💻", "مريم", "שָׁלוֹם", "李小龍", 'O\'Brien-"Quote"'],
 )
 async def test_names_in_any_script_round_trip_exactly(
     client: httpx.AsyncClient, user: Account, name: str
