@@ -38,7 +38,7 @@ from kernel.mail import (
 from kernel.passwords import Password, check_new_password
 from kernel.send_limits import TooManyRequests
 from kernel.sessions import end_sessions
-from kernel.users import User, lock_user
+from kernel.users import User
 
 router = APIRouter(tags=["auth"])
 MAIL_TEMPLATES = Path(__file__).parent / "mail"
@@ -118,12 +118,8 @@ async def confirm_password_reset_route(
     # Only a live token or a right code costs argon2 work; nothing is written before it.
     async with outside_transaction(session):
         password_hash = await hashing.hash(body.new_password)
-    user = await session.get(User, found.user_id)
+    user = await tokens.redeem(session, found)
     if user is None:
-        raise InvalidResetToken()
-    await lock_user(session, user)
-    # Spent first: of two confirmations racing, exactly one gets past this line.
-    if not await tokens.spend(session, found) or not user.is_active or user.email != found.email:
         raise InvalidResetToken()
     user.password_hash = password_hash
     user.email_verified = True

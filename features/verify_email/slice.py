@@ -14,7 +14,6 @@ from kernel.deps import ClientIP, CurrentUser, EmailTokensDep, SendLimitsDep, Se
 from kernel.email_tokens import MailedProof
 from kernel.errors import ProblemError, problem_responses
 from kernel.send_limits import TooManyRequests
-from kernel.users import User, lock_user
 
 router = APIRouter(tags=["auth"])
 
@@ -39,11 +38,8 @@ async def verify_email_route(
 ) -> Response:
     """Confirm an email address with the mailed token or code."""
     found = await tokens.find(session, "email_verification", body)
-    user = await session.get(User, found.user_id) if found else None
-    if found is None or user is None:
-        raise InvalidVerificationToken()
-    await lock_user(session, user)
-    if not await tokens.spend(session, found) or not user.is_active or user.email != found.email:
+    user = await tokens.redeem(session, found) if found else None
+    if user is None:
         raise InvalidVerificationToken()
     if not user.email_verified:
         user.email_verified = True

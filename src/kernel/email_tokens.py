@@ -33,7 +33,7 @@ from kernel.db import Database, UTCDateTime, outside_transaction, utc_now
 from kernel.fields import Email, SafeText, StrictInput
 from kernel.send_limits import count_hit, forget_hits, hits
 from kernel.settings import Settings
-from kernel.users import User
+from kernel.users import User, lock_user
 
 Purpose = Literal["password_reset", "email_verification"]
 MAX_CODE_ATTEMPTS = 5  # tries per mailed code
@@ -181,6 +181,19 @@ class EmailTokens:
             return None
         matches = hmac.compare_digest(self._code_hash(row.id, code), row.code_hash)
         return row if matches else None
+
+    async def redeem(self, session: AsyncSession, row: EmailToken) -> User | None:
+        """Spend the secret for its user, locked, in the caller's transaction: the user,
+        or None when it no longer speaks for them (spent meanwhile, the account
+        deactivated, or its email changed since the mail)."""
+        user = await session.get(User, row.user_id)
+        if user is None:
+            return None
+        await lock_user(session, user)
+        # Spent first: of two confirmations racing, exactly one gets past this line.
+        if not await self.spend(session, row) or not user.is_active or user.email != row.email:
+            return None
+        return user
 
     async def spend(self, session: AsyncSession, row: EmailToken) -> bool:
         """Use the secret up, in the caller's transaction; False if it was spent meanwhile."""
