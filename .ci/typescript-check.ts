@@ -8,10 +8,12 @@ type PublicUser = components["schemas"]["PublicUser"];
 type TokenPair = components["schemas"]["TokenPair"];
 type UserPage = components["schemas"]["UserPage"];
 type Problem = components["schemas"]["Problem"];
+type ResetConfirmation = components["schemas"]["ResetConfirmation"];
 
 const user: PrivateUser = {
   id: "0b7c5f36-4c4e-4a8f-9d7e-1b2c3d4e5f60",
   email: "ada@example.com",
+  email_verified: false,
   first_name: "Ada",
   last_name: "Lovelace",
   full_name: "Ada Lovelace",
@@ -60,3 +62,13 @@ export const denied: Denied & Problem = {
   type: "about:blank", title: "Unauthorized", status: 401,
   detail: "Authentication is required.", code: "not_authenticated",
 };
+
+export const resetByCode: ResetConfirmation = {
+  email: "ada@example.com",
+  code: "042917",
+  new_password: "a fresh long passphrase",
+};
+// @ts-expect-error a reset confirmation needs the new password
+export const resetWithoutPassword: ResetConfirmation = { token: "from the mail" };
+// @ts-expect-error a user's email_verified is a boolean
+export const verifiedText: string = user.email_verified;
