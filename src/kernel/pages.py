@@ -1,4 +1,4 @@
-"""Keyset pages: signed cursors and the "after this row" condition (list_users, events).
+"""Keyset pages: signed cursors and the "after this row" condition, for every paged list.
 
 A cursor holds the sort key of the last row returned, so each page is one index range
 scan however deep it is, and rows inserted meanwhile never shift a page. Cursors are
