@@ -132,3 +132,27 @@ def assert_problem(response: httpx.Response, status: int, code: str) -> dict[str
     if status == 401:
         assert response.headers["www-authenticate"] == "Bearer"
     return problem
+
+
+async def my_events(client: httpx.AsyncClient, account: Account, **params: Any) -> list[Any]:
+    """The account's security events, newest first, as GET /users/me/events shows them."""
+    response = await client.get(
+        "/api/v1/users/me/events", headers=account.headers, params={"limit": 100, **params}
+    )
+    assert response.status_code == 200, response.text
+    items: list[Any] = response.json()["items"]
+    return items
+
+
+async def all_events(client: httpx.AsyncClient, admin: Account, **params: Any) -> list[Any]:
+    """Every security event matching the filters, newest first (GET /events, one page)."""
+    response = await client.get(
+        "/api/v1/events", headers=admin.headers, params={"limit": 100, **params}
+    )
+    assert response.status_code == 200, response.text
+    items: list[Any] = response.json()["items"]
+    return items
+
+
+def types_of(events: list[Any]) -> list[str]:
+    return [event["type"] for event in events]

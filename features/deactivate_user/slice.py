@@ -10,7 +10,7 @@ from fastapi import APIRouter, Body
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from kernel.db import SessionDep, outside_transaction
-from kernel.deps import CurrentUser, GuessesDep, TargetUser
+from kernel.deps import ClientIP, CurrentUser, GuessesDep, TargetUser, UserAgent
 from kernel.errors import (
     Forbidden,
     InvalidCurrentPassword,
@@ -21,6 +21,7 @@ from kernel.errors import (
     UserNotFound,
     problem_responses,
 )
+from kernel.events import EventType, record_event
 from kernel.fields import StrictInput
 from kernel.guesses import PasswordGuesses
 from kernel.passwords import CurrentPassword
@@ -41,6 +42,8 @@ async def deactivate(
     actor: User,
     target: User,
     body: Deactivation | None,
+    ip: str | None,
+    user_agent: str | None,
 ) -> User:
     if target.id == actor.id:
         if body is None:
@@ -55,6 +58,14 @@ async def deactivate(
     await deactivate_account(session, target)
     target.touch()
     await session.flush()
+    record_event(
+        session,
+        EventType.deactivated,
+        user_id=target.id,
+        actor_id=actor.id,
+        ip=ip,
+        user_agent=user_agent,
+    )
     return target
 
 
@@ -65,10 +76,23 @@ ERRORS = problem_responses(
 
 @router.post("/users/me/deactivate", responses=ERRORS)
 async def deactivate_me_route(
-    body: Deactivation, actor: CurrentUser, session: SessionDep, guesses: GuessesDep
+    body: Deactivation,
+    actor: CurrentUser,
+    session: SessionDep,
+    guesses: GuessesDep,
+    ip: ClientIP,
+    user_agent: UserAgent,
 ) -> PrivateUser:
     """Deactivate your own account (confirm with your current password)."""
-    user = await deactivate(session, guesses=guesses, actor=actor, target=actor, body=body)
+    user = await deactivate(
+        session,
+        guesses=guesses,
+        actor=actor,
+        target=actor,
+        body=body,
+        ip=ip,
+        user_agent=user_agent,
+    )
     return PrivateUser.of(user)
 
 
@@ -78,8 +102,18 @@ async def deactivate_user_route(
     actor: CurrentUser,
     session: SessionDep,
     guesses: GuessesDep,
+    ip: ClientIP,
+    user_agent: UserAgent,
     body: Deactivation | None = Body(default=None),
 ) -> PrivateUser:
     """Deactivate a user: administrators need no body; for yourself, confirm your password."""
-    user = await deactivate(session, guesses=guesses, actor=actor, target=target, body=body)
+    user = await deactivate(
+        session,
+        guesses=guesses,
+        actor=actor,
+        target=target,
+        body=body,
+        ip=ip,
+        user_agent=user_agent,
+    )
     return PrivateUser.of(user)

@@ -1,30 +1,26 @@
 """GET /api/v1/users: admins list, search, filter and page through users (API.md).
 
-Keyset pagination: the cursor holds the sort key of the last row returned, so each
-page is one index range scan however deep it is, and rows inserted meanwhile never
-shift a page. Cursors are signed, so an edited or forged one is refused.
+Keyset pagination (kernel.pages): the cursor holds the sort key of the last row
+returned, and the sort it belongs to, signed so an edited or forged one is refused.
 """
 
-import base64
-import binascii
-import hashlib
-import hmac
-import json
 import uuid
+from collections.abc import Callable
 from datetime import datetime
 from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Query
 from pydantic import BaseModel, Field
-from sqlalchemy import ColumnElement, Uuid, func, literal, select, tuple_
+from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.sql import Select
 from sqlmodel import col
 
 from kernel.db import SessionDep
 from kernel.deps import AdminUser, SettingsDep
-from kernel.errors import Forbidden, ProblemError, problem_responses
+from kernel.errors import Forbidden, problem_responses
 from kernel.fields import SafeText
+from kernel.pages import CURSOR_SCHEMA, CursorCodec, InvalidCursor, after
 from kernel.users import PrivateUser, User
 
 router = APIRouter(tags=["users"])
@@ -50,56 +46,20 @@ class UserPage(BaseModel):
     )
 
 
-class InvalidCursor(ProblemError):
-    status, code, detail = 422, "invalid_cursor", "The cursor is malformed or was altered."
+def _cursor_values(sort: Sort, last: User) -> list[Any]:
+    key = last.email if sort.lstrip("-") == "email" else last.created_at.isoformat()
+    return [sort, key, last.id.hex]
 
 
-# Documented shape only: the codec itself checks it, so that any malformed cursor gets
-# the contract's 422 invalid_cursor rather than a generic validation error.
-CURSOR_MAX_LENGTH = 1000
-CURSOR_SCHEMA: dict[str, Any] = {
-    "maxLength": CURSOR_MAX_LENGTH,
-    "pattern": r"^[A-Za-z0-9_-]+\.[A-Za-z0-9_-]+$",
-}
+def _cursor_position(sort: Sort) -> Callable[[list[Any]], tuple[Any, uuid.UUID]]:
+    def parse(values: list[Any]) -> tuple[Any, uuid.UUID]:
+        cursor_sort, key, user_id = values
+        if cursor_sort != sort:
+            raise InvalidCursor("The cursor belongs to another sort order.")
+        value = key if sort.lstrip("-") == "email" else datetime.fromisoformat(key)
+        return value, uuid.UUID(hex=user_id)
 
-
-class CursorCodec:
-    """`payload.signature`, both base64url; the payload names the sort it belongs to."""
-
-    def __init__(self, secret: str) -> None:
-        self._key = hashlib.sha256(f"list_users cursor:{secret}".encode()).digest()
-
-    def _sign(self, payload: bytes) -> bytes:
-        return hmac.new(self._key, payload, hashlib.sha256).digest()[:16]
-
-    def encode(self, sort: Sort, last: User) -> str:
-        key = last.email if sort.lstrip("-") == "email" else last.created_at.isoformat()
-        payload = json.dumps([sort, key, last.id.hex], separators=(",", ":")).encode()
-        return f"{_b64(payload)}.{_b64(self._sign(payload))}"
-
-    def decode(self, cursor: str, sort: Sort) -> tuple[Any, uuid.UUID]:
-        try:
-            if len(cursor) > CURSOR_MAX_LENGTH or not cursor.isascii():
-                raise InvalidCursor()
-            payload_part, signature_part = cursor.split(".")
-            payload = _unb64(payload_part)
-            if not hmac.compare_digest(self._sign(payload), _unb64(signature_part)):
-                raise InvalidCursor()
-            cursor_sort, key, user_id = json.loads(payload)
-            if cursor_sort != sort:
-                raise InvalidCursor("The cursor belongs to another sort order.")
-            value = key if sort.lstrip("-") == "email" else datetime.fromisoformat(key)
-            return value, uuid.UUID(hex=user_id)
-        except (ValueError, TypeError, binascii.Error):
-            raise InvalidCursor() from None
-
-
-def _b64(raw: bytes) -> str:
-    return base64.urlsafe_b64encode(raw).rstrip(b"=").decode()
-
-
-def _unb64(text: str) -> bytes:
-    return base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
+    return parse
 
 
 def _escape_like(text: str) -> str:
@@ -131,11 +91,8 @@ async def list_users(
     descending = sort.startswith("-")
     query = _filtered(select(User), q, is_active)
     if cursor is not None:
-        value, last_id = codec.decode(cursor, sort)
-        keys = tuple_(column, User.id)
-        after = tuple_(literal(value, column.type), literal(last_id, Uuid()))
-        position: ColumnElement[bool] = keys < after if descending else keys > after
-        query = query.where(position)
+        position = codec.decode(cursor, _cursor_position(sort))
+        query = query.where(after((column, col(User.id)), position, descending=descending))
     order = (column.desc(), col(User.id).desc()) if descending else (column, col(User.id))
     rows = list((await session.scalars(query.order_by(*order).limit(limit + 1))).all())
     page, more = rows[:limit], len(rows) > limit
@@ -146,7 +103,7 @@ async def list_users(
         )
     result = UserPage(
         items=[PrivateUser.of(user) for user in page],
-        next_cursor=codec.encode(sort, page[-1]) if more else None,
+        next_cursor=codec.encode(_cursor_values(sort, page[-1])) if more else None,
     )
     if include_total:
         result.total = total or 0
@@ -172,7 +129,7 @@ async def list_users_route(
     """List users (admins only), newest last by default, one keyset page at a time."""
     return await list_users(
         session,
-        CursorCodec(settings.signing_key),
+        CursorCodec(settings.signing_key, "list_users"),
         limit=limit,
         cursor=cursor,
         q=q,

@@ -26,8 +26,9 @@ from kernel.errors import (
     problem_responses,
     validation_issues,
 )
+from kernel.events import Details, EventType, record_event
 from kernel.fields import Email, StrictInput
-from kernel.guesses import PasswordGuesses
+from kernel.guesses import LockedOut, PasswordGuesses
 from kernel.hashing import PasswordHashing
 from kernel.media_types import is_json, media_type
 from kernel.passwords import CurrentPassword
@@ -67,16 +68,54 @@ class Device:
         )
 
 
+# A refused login records its event and answers an error: the event must commit all
+# the same (keeps_changes). It is the only write of the transaction by then: the
+# password check runs outside it, and nothing else is written before a refusal.
+
+
 class InvalidCredentials(ProblemError):
     status, code, detail = 401, "invalid_credentials", "Wrong email or password."
+    keeps_changes = True
 
 
 class AccountInactive(ProblemError):
     status, code, detail = 403, "account_inactive", "This account has been deactivated."
+    keeps_changes = True
 
 
 class EmailNotVerified(ProblemError):
     status, code, detail = 403, "email_not_verified", "Verify your email address first."
+    keeps_changes = True
+
+
+class LoginThrottled(TooManyAttempts):
+    keeps_changes = True
+
+
+def _refused(
+    db: AsyncSession,
+    kind: EventType,
+    *,
+    email: str,
+    user: User | None,
+    device: Device,
+    reason: str | None = None,
+) -> None:
+    """The event of a refused login. Unknown emails are recorded too, with the address
+    typed: at most LOGIN_MAX_FAILURES failures and one throttled event per email and
+    lockout window (the per-email throttle), see the README."""
+    details: Details = {} if user else {"email": email}
+    if reason:
+        details["reason"] = reason
+    record_event(
+        db,
+        kind,
+        user_id=user.id if user else None,
+        actor_id=None,  # whoever typed it: nobody proven
+        ip=device.ip,
+        user_agent=device.user_agent,
+        details=details,
+    )
 
 
 async def start_session(
@@ -130,23 +169,36 @@ async def login(
 ) -> TokenPair:
     user = await session.scalar(select(User).where(col(User.email) == credentials.email))
     checked_hash = user.password_hash if user else None
-    async with outside_transaction(session):
-        # Throttled per email whether or not the account exists; an unknown email costs
-        # the same argon2 work as a wrong password.
-        matches = await guesses.check(
-            email=credentials.email,
-            stored_hash=checked_hash,
-            password=credentials.password,
-        )
+    email = credentials.email
+    try:
+        async with outside_transaction(session):
+            # Throttled per email whether or not the account exists; an unknown email
+            # costs the same argon2 work as a wrong password.
+            matches = await guesses.check(
+                email=email, stored_hash=checked_hash, password=credentials.password
+            )
+    except LockedOut as locked:
+        if not locked.first:
+            raise  # one event per lockout: the table does not grow with the refusals
+        _refused(session, EventType.login_throttled, email=email, user=user, device=device)
+        raise LoginThrottled(headers=locked.headers) from None
+    failed = EventType.login_failed
     if not matches:
+        reason = "wrong_password" if user else "unknown_email"
+        _refused(session, failed, email=email, user=user, device=device, reason=reason)
         raise InvalidCredentials()
     assert user is not None  # a password only matches an existing account's hash
     await session.refresh(user)  # it may have changed while no transaction was open
     if not user.is_active:
+        _refused(session, failed, email=email, user=user, device=device, reason="account_inactive")
         raise AccountInactive()
     if user.password_hash != checked_hash:
-        raise InvalidCredentials()  # the password changed while we were checking it
+        # The password changed while we were checking it.
+        _refused(session, failed, email=email, user=user, device=device, reason="wrong_password")
+        raise InvalidCredentials()
     if settings.require_verified_email and not user.email_verified:
+        reason = "email_not_verified"
+        _refused(session, failed, email=email, user=user, device=device, reason=reason)
         raise EmailNotVerified()  # told only to whoever knows the password
     if hashing.needs_rehash(user.password_hash):
         async with outside_transaction(session):
@@ -160,6 +212,15 @@ async def login(
         )
     started = await start_session(
         session, settings=settings, user=user, user_agent=device.user_agent, ip=device.ip
+    )
+    record_event(
+        session,
+        EventType.login_succeeded,
+        user_id=user.id,
+        actor_id=user.id,
+        ip=device.ip,
+        user_agent=device.user_agent,
+        details={"session_id": str(started.id)},
     )
     return token_pair(started, access_tokens=access_tokens, refresh_tokens=refresh_tokens)
 
@@ -192,7 +253,7 @@ async def _read_credentials(request: Request) -> Credentials:
         InvalidCredentials,
         AccountInactive,
         EmailNotVerified,
-        TooManyAttempts,
+        LoginThrottled,
         UnsupportedMediaType,
         ServerBusy,
     ),

@@ -22,9 +22,17 @@ from sqlmodel import col
 
 from kernel.account_mail import link, queue_password_changed
 from kernel.db import SessionDep, outside_transaction
-from kernel.deps import ClientIP, EmailTokensDep, HashingDep, SendLimitsDep, SettingsDep
+from kernel.deps import (
+    ClientIP,
+    EmailTokensDep,
+    HashingDep,
+    SendLimitsDep,
+    SettingsDep,
+    UserAgent,
+)
 from kernel.email_tokens import MailedProof, revoke_email_tokens
 from kernel.errors import ProblemError, ServerBusy, problem_responses
+from kernel.events import EventType, record_event
 from kernel.fields import Email, StrictInput
 from kernel.guesses import forget_failures
 from kernel.mail import (
@@ -82,6 +90,9 @@ async def prepare_reset_mail(
     if user is None or not user.is_active:
         return None
     secret = await preparation.email_tokens.issue(session, user, "password_reset")
+    # Here, not in the request: the request runs the same statements for every address.
+    # Who asked is not known here (no IP): the mail is the system's doing.
+    record_event(session, EventType.password_reset_requested, user_id=user.id, actor_id=None)
     settings = preparation.settings
     context = {
         "token": secret.token,
@@ -107,6 +118,8 @@ async def confirm_password_reset_route(
     tokens: EmailTokensDep,
     hashing: HashingDep,
     settings: SettingsDep,
+    ip: ClientIP,
+    user_agent: UserAgent,
 ) -> Response:
     """Set a new password with the mailed token or code; every session of the user ends."""
     found = await tokens.find(session, "password_reset", body)
@@ -128,4 +141,13 @@ async def confirm_password_reset_route(
     await revoke_email_tokens(session, user.id, "password_reset")
     await forget_failures(session, user.email)
     queue_password_changed(session, user)
+    # The mailed secret proves the user: they are the actor.
+    record_event(
+        session,
+        EventType.password_reset,
+        user_id=user.id,
+        actor_id=user.id,
+        ip=ip,
+        user_agent=user_agent,
+    )
     return Response(status_code=204)

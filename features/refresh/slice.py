@@ -15,8 +15,9 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from sqlmodel import col
 
 from kernel.db import SessionDep, utc_now
-from kernel.deps import AccessTokensDep, RefreshTokensDep, SettingsDep
+from kernel.deps import AccessTokensDep, ClientIP, RefreshTokensDep, SettingsDep, UserAgent
 from kernel.errors import InvalidToken, problem_responses
+from kernel.events import EventType, record_event
 from kernel.fields import StrictInput
 from kernel.sessions import (
     NO_STORE_HEADERS,
@@ -39,7 +40,8 @@ class RefreshRequest(StrictInput):
 
 
 class ReusedRefreshToken(InvalidToken):
-    """An earlier token presented again: it was copied. The revocation is kept."""
+    """An earlier token presented again: it was copied. The revocation (and its event)
+    is kept."""
 
     keeps_changes = True
 
@@ -51,6 +53,8 @@ async def refresh(
     refresh_tokens: RefreshTokens,
     grace_seconds: int,
     token: str,
+    ip: str | None,
+    user_agent: str | None,
 ) -> TokenPair:
     presented = parse_refresh_token(token)
     if presented is None:
@@ -69,6 +73,15 @@ async def refresh(
     )
     if presented.generation != session.generation and not retried:
         await db.execute(delete(Session).where(col(Session.id) == session.id))
+        record_event(
+            db,
+            EventType.refresh_reused,
+            user_id=session.user_id,
+            actor_id=None,  # the owner or a thief: nobody can tell which
+            ip=ip,
+            user_agent=user_agent,
+            details={"session_id": str(session.id)},
+        )
         raise ReusedRefreshToken()
     if not token_speaks_for(await db.get(User, session.user_id), session):
         raise InvalidToken()  # expired, or the user was deactivated
@@ -88,6 +101,8 @@ async def refresh_route(
     access_tokens: AccessTokensDep,
     refresh_tokens: RefreshTokensDep,
     settings: SettingsDep,
+    ip: ClientIP,
+    user_agent: UserAgent,
 ) -> TokenPair:
     """Exchange a refresh token for a new token pair; the presented token is spent."""
     response.headers.update(NO_STORE_HEADERS)
@@ -97,4 +112,6 @@ async def refresh_route(
         refresh_tokens=refresh_tokens,
         grace_seconds=settings.refresh_reuse_grace_seconds,
         token=body.refresh_token,
+        ip=ip,
+        user_agent=user_agent,
     )

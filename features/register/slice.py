@@ -7,8 +7,9 @@ from fastapi import APIRouter, Response
 
 from kernel.account_mail import queue_verification
 from kernel.db import SessionDep
-from kernel.deps import EmailTokensDep, HashingDep, SettingsDep
+from kernel.deps import ClientIP, EmailTokensDep, HashingDep, SettingsDep, UserAgent
 from kernel.errors import EmailTaken, ServerBusy, problem_responses
+from kernel.events import EventType, record_event
 from kernel.slices import API_PREFIX
 from kernel.users import PrivateUser, Registration, create_user
 
@@ -27,11 +28,21 @@ async def register_route(
     hashing: HashingDep,
     tokens: EmailTokensDep,
     settings: SettingsDep,
+    ip: ClientIP,
+    user_agent: UserAgent,
 ) -> PrivateUser:
     """Register a new account."""
     user = await create_user(
         session, form, hashing=hashing, min_password_length=settings.password_min_length
     )
     await queue_verification(session, tokens=tokens, settings=settings, user=user)
+    record_event(
+        session,
+        EventType.registered,
+        user_id=user.id,
+        actor_id=user.id,
+        ip=ip,
+        user_agent=user_agent,
+    )
     response.headers["Location"] = f"{API_PREFIX}/users/{user.id}"
     return PrivateUser.of(user)

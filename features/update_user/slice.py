@@ -29,6 +29,7 @@ from kernel.deps import (
     SendLimitsDep,
     SettingsDep,
     TargetUser,
+    UserAgent,
 )
 from kernel.email_tokens import EmailTokens, revoke_email_tokens
 from kernel.errors import (
@@ -42,6 +43,7 @@ from kernel.errors import (
     UserNotFound,
     problem_responses,
 )
+from kernel.events import EventType, record_event
 from kernel.fields import AvatarUrl, Bio, Email, Name, StrictInput
 from kernel.guesses import PasswordGuesses
 from kernel.hashing import PasswordHashing
@@ -107,6 +109,7 @@ async def update_user(
     tokens: EmailTokens,
     limits: SendLimits,
     ip: str | None,
+    user_agent: str | None,
     settings: Settings,
     actor: User,
     target: User,
@@ -164,7 +167,25 @@ async def update_user(
         await _mail_email_change(session, tokens, settings, target, old_email)
     if "password_hash" in changes:
         queue_password_changed(session, target)
+    for kind in _events_of(changes, activation):
+        record_event(
+            session, kind, user_id=target.id, actor_id=actor.id, ip=ip, user_agent=user_agent
+        )
     return target
+
+
+def _events_of(changes: dict[str, Any], activation: bool | None) -> list[EventType]:
+    """The security events of an applied change (no addresses: the user_id says whose)."""
+    events = []
+    if "password_hash" in changes:
+        events.append(EventType.password_changed)
+    if "email" in changes:
+        events.append(EventType.email_changed)
+    if activation is not None:
+        events.append(EventType.reactivated if activation else EventType.deactivated)
+    if "is_superuser" in changes:
+        events.append(EventType.promoted if changes["is_superuser"] else EventType.demoted)
+    return events
 
 
 async def _mail_email_change(
@@ -212,6 +233,7 @@ async def update_me_route(
     tokens: EmailTokensDep,
     limits: SendLimitsDep,
     ip: ClientIP,
+    user_agent: UserAgent,
     settings: SettingsDep,
     response: Response,
     if_match: IfMatch = None,
@@ -228,6 +250,7 @@ async def update_me_route(
         tokens=tokens,
         limits=limits,
         ip=ip,
+        user_agent=user_agent,
         settings=settings,
         response=response,
         if_match=if_match,
@@ -245,6 +268,7 @@ async def update_user_route(
     tokens: EmailTokensDep,
     limits: SendLimitsDep,
     ip: ClientIP,
+    user_agent: UserAgent,
     settings: SettingsDep,
     response: Response,
     if_match: IfMatch = None,
@@ -257,6 +281,7 @@ async def update_user_route(
         tokens=tokens,
         limits=limits,
         ip=ip,
+        user_agent=user_agent,
         settings=settings,
         actor=actor,
         target=target,

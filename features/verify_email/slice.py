@@ -10,9 +10,17 @@ from fastapi import APIRouter, Response
 
 from kernel.account_mail import queue_verification
 from kernel.db import SessionDep
-from kernel.deps import ClientIP, CurrentUser, EmailTokensDep, SendLimitsDep, SettingsDep
+from kernel.deps import (
+    ClientIP,
+    CurrentUser,
+    EmailTokensDep,
+    SendLimitsDep,
+    SettingsDep,
+    UserAgent,
+)
 from kernel.email_tokens import MailedProof
 from kernel.errors import ProblemError, problem_responses
+from kernel.events import EventType, record_event
 from kernel.send_limits import TooManyRequests
 
 router = APIRouter(tags=["auth"])
@@ -34,7 +42,11 @@ class AlreadyVerified(ProblemError):
     responses=problem_responses(InvalidVerificationToken),
 )
 async def verify_email_route(
-    body: MailedProof, session: SessionDep, tokens: EmailTokensDep
+    body: MailedProof,
+    session: SessionDep,
+    tokens: EmailTokensDep,
+    ip: ClientIP,
+    user_agent: UserAgent,
 ) -> Response:
     """Confirm an email address with the mailed token or code."""
     found = await tokens.find(session, "email_verification", body)
@@ -44,6 +56,14 @@ async def verify_email_route(
     if not user.email_verified:
         user.email_verified = True
         user.touch()
+        record_event(
+            session,
+            EventType.email_verified,
+            user_id=user.id,
+            actor_id=user.id,  # the mailed secret proves the user
+            ip=ip,
+            user_agent=user_agent,
+        )
     return Response(status_code=204)
 
 

@@ -21,6 +21,7 @@ from kernel import migrations
 from kernel.db import Database
 from kernel.email_tokens import purge_spent_email_tokens
 from kernel.errors import EmailTaken, InvalidInput, ProblemError
+from kernel.events import EventType, purge_old_events, record_event
 from kernel.fields import Email
 from kernel.guesses import purge_expired_attempts
 from kernel.hashing import PasswordHashing
@@ -80,6 +81,7 @@ async def _purge_expired(settings: Settings) -> dict[str, int]:
                 "mailed tokens and codes": await purge_spent_email_tokens(session),
                 "mail send counters": await purge_expired_send_counts(session, settings),
                 "sent or failed mails": await purge_old_mail(session),
+                "security events": await purge_old_events(session, settings),
             }
     finally:
         await database.dispose()
@@ -203,8 +205,11 @@ async def _promote(settings: Settings, email: str) -> User:
             user = await session.scalar(select(User).where(col(User.email) == email))
             if user is None:
                 raise CommandError(f"no account is registered as {email}")
-            user.is_superuser = True
-            user.touch()
+            if not user.is_superuser:
+                user.is_superuser = True
+                user.touch()
+                # The operator at the command line: the system, no actor.
+                record_event(session, EventType.promoted, user_id=user.id, actor_id=None)
             return user
     finally:
         await database.dispose()

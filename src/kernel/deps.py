@@ -57,8 +57,16 @@ async def _client_ip(request: Request) -> str | None:
     return request.client.host if request.client else None
 
 
-# Where a request comes from: session records and per-IP limits.
+# Where a request comes from: session records, per-IP limits and security events.
 ClientIP = Annotated[str | None, Depends(_client_ip)]
+
+
+async def _user_agent(request: Request) -> str | None:
+    return request.headers.get("user-agent") or None
+
+
+# The client's User-Agent header, as sent (None when absent): session records and events.
+UserAgent = Annotated[str | None, Depends(_user_agent)]
 
 
 @dataclass(frozen=True)

@@ -36,6 +36,19 @@ class PasswordAttempt(SQLModel, table=True):
     window_started_at: datetime = Field(sa_type=UTCDateTime, index=True)
 
 
+class LockedOut(TooManyAttempts):
+    """429 too_many_attempts: the email's guess budget is spent for now.
+
+    `first` is true for exactly one refused attempt per lockout (the atomic upsert
+    decides which), so a caller recording refusals records one per lockout, however
+    many attempts are refused.
+    """
+
+    def __init__(self, *, retry_after: int, first: bool) -> None:
+        super().__init__(headers={"Retry-After": str(retry_after)})
+        self.first = first
+
+
 class PasswordGuesses:
     """Throttled password checks; one per app (app.state), shared by every route."""
 
@@ -55,9 +68,9 @@ class PasswordGuesses:
         # nothing, as it was never counted.
         async with self._hashing.slot() as hashing:
             async with self._database.session() as session:
-                locked_for = await self._reserve_attempt(session, email)
+                locked_for, first = await self._reserve_attempt(session, email)
             if locked_for:
-                raise TooManyAttempts(headers={"Retry-After": str(locked_for)})
+                raise LockedOut(retry_after=locked_for, first=first)
             matches = await hashing.verify(stored_hash, password)
         if matches:
             async with self._database.session() as session:
@@ -73,8 +86,9 @@ class PasswordGuesses:
         ):
             raise InvalidCurrentPassword()
 
-    async def _reserve_attempt(self, session: AsyncSession, email: str) -> int:
-        """Count this check as a failure up front (success clears it); seconds locked, or 0.
+    async def _reserve_attempt(self, session: AsyncSession, email: str) -> tuple[int, bool]:
+        """Count this check as a failure up front (success clears it); seconds locked (or
+        0), and whether this is the lockout's first refused attempt.
 
         One atomic upsert, so a burst of concurrent guesses cannot all read "4 failures"
         and all go on to be checked. The window restarts when the limit is reached, so a
@@ -92,11 +106,11 @@ class PasswordGuesses:
             .on_conflict_do_update(
                 index_elements=["email"],
                 set_={
-                    # Once over the limit it stays at limit + 1: refused attempts are not
-                    # checked, so they do not count.
+                    # Once over the limit it stays at limit + 2: refused attempts are not
+                    # checked, so they do not count. Limit + 1 marks the first refusal.
                     "failures": case(
                         (expired, 1),
-                        (failures > self._max_failures, failures),
+                        (failures > self._max_failures + 1, failures),
                         else_=failures + 1,
                     ),
                     "window_started_at": case(
@@ -110,8 +124,9 @@ class PasswordGuesses:
         since: datetime
         counted, since = (await session.execute(statement)).one()
         if counted <= self._max_failures:
-            return 0
-        return max(1, math.ceil((since + self._window - now).total_seconds()))
+            return 0, False
+        locked_for = max(1, math.ceil((since + self._window - now).total_seconds()))
+        return locked_for, counted == self._max_failures + 1
 
 
 async def forget_failures(session: AsyncSession, email: str) -> None:

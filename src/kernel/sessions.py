@@ -166,12 +166,14 @@ def token_pair(
 
 async def end_sessions(
     db: AsyncSession, user_id: uuid.UUID, *, keep: uuid.UUID | None = None
-) -> None:
-    """Revoke every session of the user (but `keep`): their tokens fail at once."""
+) -> list[uuid.UUID]:
+    """Revoke every session of the user (but `keep`): their tokens fail at once.
+    Returns the ids of the sessions ended."""
     condition = col(Session.user_id) == user_id
     if keep is not None:
         condition = condition & (col(Session.id) != keep)
-    await db.execute(delete(Session).where(condition))
+    ended = await db.execute(delete(Session).where(condition).returning(col(Session.id)))
+    return list(ended.scalars())
 
 
 async def deactivate_account(db: AsyncSession, user: User) -> None:

@@ -52,6 +52,8 @@ class Settings(BaseSettings):
     login_max_failures: int = Field(default=5, ge=1, le=1000)
     login_lockout_seconds: int = Field(default=900, ge=1, le=7 * 24 * 3600)
     password_min_length: int = Field(default=8, ge=8, le=256)
+    # Security events older than this are dropped by `userapi purge-expired`.
+    audit_retention_days: int = Field(default=365, ge=1, le=100 * 365)
     cors_origins: Annotated[list[str], NoDecode] = Field(default_factory=list)
     auto_migrate: bool = True
     docs_enabled: bool = True

@@ -77,6 +77,7 @@ def load_slices() -> list[ModuleType]:
 def load_tables() -> None:
     """Import the kernel's tables and every slice's, for Alembic and for tests."""
     import kernel.email_tokens
+    import kernel.events
     import kernel.guesses
     import kernel.mail
     import kernel.send_limits

@@ -10,7 +10,16 @@ import pytest
 
 from kernel.settings import Settings
 from tests.conftest import make_settings
-from tests.factories import Account, assert_problem, login, make_user, refresh
+from tests.factories import (
+    Account,
+    all_events,
+    assert_problem,
+    login,
+    make_user,
+    my_events,
+    refresh,
+    types_of,
+)
 from tests.mail import Mailbox, code_in, html_of, text_of, token_in
 from tests.waiting import poll
 
@@ -403,3 +412,51 @@ async def test_a_reset_mailed_before_a_deactivation_is_dead_after_reactivation(
     response = await client.post(CONFIRM, json={"token": token, "new_password": NEW_PASSWORD})
 
     assert_problem(response, 400, "invalid_reset_token")
+
+
+# --- security events ---------------------------------------------------------------------
+
+
+async def test_a_reset_mail_records_password_reset_requested_for_known_active_accounts_only(
+    client: httpx.AsyncClient, mailbox: Mailbox, admin: Account, user: Account, other_user: Account
+) -> None:
+    deactivated = await client.post(
+        f"/api/v1/users/{other_user.id}/deactivate", headers=admin.headers
+    )
+    assert deactivated.status_code == 200
+    for address in (f"nobody-{uuid.uuid4().hex[:8]}@example.com", other_user.email):
+        assert (await client.post(REQUEST, json={"email": address})).status_code == 202
+
+    await reset_mail(client, mailbox, user)  # mails leave in order: the others are done
+
+    requested = await all_events(client, admin, type="password_reset_requested")
+    assert [(e["user_id"], e["actor_id"], e["ip"]) for e in requested] == [(user.id, None, None)]
+
+
+async def test_a_completed_reset_records_password_reset(
+    client: httpx.AsyncClient, mailbox: Mailbox, user: Account
+) -> None:
+    mail = await reset_mail(client, mailbox, user)
+    response = await client.post(
+        CONFIRM,
+        json={"token": token_in(mail), "new_password": NEW_PASSWORD},
+        headers={"User-Agent": "reset page"},
+    )
+    assert response.status_code == 204, response.text
+    user.password = NEW_PASSWORD
+
+    events = await my_events(client, await login(client, user))
+
+    assert types_of(events)[1:3] == ["password_reset", "password_reset_requested"]
+    assert (events[1]["actor_id"], events[1]["user_agent"]) == (user.id, "reset page")
+
+
+async def test_a_refused_confirmation_records_nothing(
+    client: httpx.AsyncClient, mailbox: Mailbox, user: Account
+) -> None:
+    mail = await reset_mail(client, mailbox, user)
+    forged = token_in(mail)[::-1]
+    response = await client.post(CONFIRM, json={"token": forged, "new_password": NEW_PASSWORD})
+    assert_problem(response, 400, "invalid_reset_token")
+
+    assert "password_reset" not in types_of(await my_events(client, user))

@@ -9,7 +9,7 @@ import pytest
 
 from kernel.settings import Settings
 from tests.conftest import make_settings
-from tests.factories import Account, assert_problem, login, register, serving
+from tests.factories import Account, assert_problem, login, my_events, register, serving, types_of
 from tests.mail import Mailbox, code_in, html_of, text_of, token_in
 
 VERIFY = "/api/v1/auth/verify-email"
@@ -274,3 +274,16 @@ async def test_the_send_limit_is_shared_by_every_process(settings: Settings, use
 
     assert [answer.status_code for answer in answers[:3]] == [202, 202, 202]
     assert_problem(answers[3], 429, "too_many_requests")
+
+
+async def test_verifying_records_email_verified_once(
+    client: httpx.AsyncClient, mailbox: Mailbox, user: Account
+) -> None:
+    [mail] = await mailbox.wait_for(user.email)
+    assert (await client.post(VERIFY, json={"token": token_in(mail)})).status_code == 204
+
+    events = await my_events(client, user)
+
+    assert types_of(events)[0] == "email_verified"
+    assert types_of(events).count("email_verified") == 1
+    assert events[0]["actor_id"] == user.id

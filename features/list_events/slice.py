@@ -1,0 +1,112 @@
+"""GET /api/v1/users/me/events and, for admins, GET /api/v1/events: the security audit
+trail (API.md, "Account lifecycle and audit trail").
+
+Newest first, keyset-paged like the users list (kernel.pages): the signed cursor holds
+the (at, id) of the last event returned, so a page is one index range however deep, and
+events written meanwhile never shift a page. Admins filter by `user_id`, `type` and a
+time range: `since` inclusive, `until` exclusive. The events are written by the slices
+whose changes they record (kernel.events.record_event); this slice only reads them.
+"""
+
+import uuid
+from datetime import datetime
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Query
+from pydantic import BaseModel
+from sqlalchemy import ColumnElement, select
+from sqlalchemy.ext.asyncio import AsyncSession
+from sqlmodel import col
+
+from kernel.db import SessionDep
+from kernel.deps import AdminUser, CurrentUser, SettingsDep
+from kernel.errors import Forbidden, problem_responses
+from kernel.events import Event, EventType, SecurityEvent
+from kernel.pages import CURSOR_SCHEMA, CursorCodec, InvalidCursor, after
+
+router = APIRouter(tags=["events"])
+
+CURSOR_PURPOSE = "security_events"
+Limit = Annotated[int, Query(ge=1, le=100)]
+Cursor = Annotated[str | None, Query(json_schema_extra=CURSOR_SCHEMA)]
+
+
+class EventPage(BaseModel):
+    items: list[Event]
+    next_cursor: str | None
+
+
+def _position(values: list[Any]) -> tuple[datetime, uuid.UUID]:
+    at, event_id = values
+    return datetime.fromisoformat(at), uuid.UUID(hex=event_id)
+
+
+async def list_events(
+    session: AsyncSession,
+    codec: CursorCodec,
+    *,
+    limit: int,
+    cursor: str | None,
+    conditions: list[ColumnElement[bool]],
+) -> EventPage:
+    query = select(SecurityEvent).where(*conditions)
+    keys = (col(SecurityEvent.at), col(SecurityEvent.id))
+    if cursor is not None:
+        query = query.where(after(keys, codec.decode(cursor, _position), descending=True))
+    order = (col(SecurityEvent.at).desc(), col(SecurityEvent.id).desc())
+    rows = list((await session.scalars(query.order_by(*order).limit(limit + 1))).all())
+    page, more = rows[:limit], len(rows) > limit
+    last = page[-1] if more else None
+    return EventPage(
+        items=[Event.of(event) for event in page],
+        next_cursor=codec.encode([last.at.isoformat(), last.id.hex]) if last else None,
+    )
+
+
+@router.get("/users/me/events", responses=problem_responses(InvalidCursor))
+async def list_my_events_route(
+    user: CurrentUser,
+    session: SessionDep,
+    settings: SettingsDep,
+    limit: Limit = 20,
+    cursor: Cursor = None,
+) -> EventPage:
+    """Your account's security events, newest first, one keyset page at a time."""
+    return await list_events(
+        session,
+        CursorCodec(settings.signing_key, CURSOR_PURPOSE),
+        limit=limit,
+        cursor=cursor,
+        conditions=[col(SecurityEvent.user_id) == user.id],
+    )
+
+
+@router.get("/events", responses=problem_responses(Forbidden, InvalidCursor))
+async def list_events_route(
+    _: AdminUser,
+    session: SessionDep,
+    settings: SettingsDep,
+    limit: Limit = 20,
+    cursor: Cursor = None,
+    user_id: uuid.UUID | None = None,
+    kind: Annotated[EventType | None, Query(alias="type")] = None,
+    since: Annotated[datetime | None, Query(description="At or after (inclusive).")] = None,
+    until: Annotated[datetime | None, Query(description="Before (exclusive).")] = None,
+) -> EventPage:
+    """Every account's security events (administrators only), newest first, filtered."""
+    conditions: list[ColumnElement[bool]] = []
+    if user_id is not None:
+        conditions.append(col(SecurityEvent.user_id) == user_id)
+    if kind is not None:
+        conditions.append(col(SecurityEvent.type) == kind.value)
+    if since is not None:
+        conditions.append(col(SecurityEvent.at) >= since)
+    if until is not None:
+        conditions.append(col(SecurityEvent.at) < until)
+    return await list_events(
+        session,
+        CursorCodec(settings.signing_key, CURSOR_PURPOSE),
+        limit=limit,
+        cursor=cursor,
+        conditions=conditions,
+    )

@@ -1,0 +1,82 @@
+"""Keyset pages: signed cursors and the "after this row" condition, for every paged list.
+
+A cursor holds the sort key of the last row returned, so each page is one index range
+scan however deep it is, and rows inserted meanwhile never shift a page. Cursors are
+`payload.signature`, both base64url, signed with a key derived from SECRET_KEY for one
+purpose, so an edited or forged one, or one of another list, is refused.
+"""
+
+import base64
+import binascii
+import hashlib
+import hmac
+import json
+from collections.abc import Callable
+from typing import Any, TypeVar
+
+from sqlalchemy import ColumnElement, literal, tuple_
+
+from kernel.errors import ProblemError
+
+T = TypeVar("T")
+
+
+class InvalidCursor(ProblemError):
+    status, code, detail = 422, "invalid_cursor", "The cursor is malformed or was altered."
+
+
+# Documented shape only: the codec itself checks it, so that any malformed cursor gets
+# the contract's 422 invalid_cursor rather than a generic validation error.
+CURSOR_MAX_LENGTH = 1000
+CURSOR_SCHEMA: dict[str, Any] = {
+    "maxLength": CURSOR_MAX_LENGTH,
+    "pattern": r"^[A-Za-z0-9_-]+\.[A-Za-z0-9_-]+$",
+}
+
+
+class CursorCodec:
+    """Signs a JSON list of values into a cursor, and opens one (422 invalid_cursor)."""
+
+    def __init__(self, secret: str, purpose: str) -> None:
+        self._key = hashlib.sha256(f"{purpose} cursor:{secret}".encode()).digest()
+
+    def _sign(self, payload: bytes) -> bytes:
+        return hmac.new(self._key, payload, hashlib.sha256).digest()[:16]
+
+    def encode(self, values: list[Any]) -> str:
+        payload = json.dumps(values, separators=(",", ":")).encode()
+        return f"{_b64(payload)}.{_b64(self._sign(payload))}"
+
+    def decode(self, cursor: str, parse: Callable[[list[Any]], T]) -> T:
+        """The values `encode` signed, given to `parse`; any failure is invalid_cursor."""
+        try:
+            if len(cursor) > CURSOR_MAX_LENGTH or not cursor.isascii():
+                raise InvalidCursor()
+            payload_part, signature_part = cursor.split(".")
+            payload = _unb64(payload_part)
+            if not hmac.compare_digest(self._sign(payload), _unb64(signature_part)):
+                raise InvalidCursor()
+            values = json.loads(payload)
+            if not isinstance(values, list):
+                raise InvalidCursor()
+            return parse(values)
+        except (ValueError, TypeError, binascii.Error):
+            raise InvalidCursor() from None
+
+
+def after(columns: tuple[Any, Any], values: tuple[Any, Any], *, descending: bool) -> Any:
+    """Rows past the cursor's (sort key, id) in this order: one index range condition."""
+    keys = tuple_(*columns)
+    position = tuple_(
+        *(literal(value, column.type) for column, value in zip(columns, values, strict=True))
+    )
+    condition: ColumnElement[bool] = keys < position if descending else keys > position
+    return condition
+
+
+def _b64(raw: bytes) -> str:
+    return base64.urlsafe_b64encode(raw).rstrip(b"=").decode()
+
+
+def _unb64(text: str) -> bytes:
+    return base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
