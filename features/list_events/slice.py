@@ -8,12 +8,14 @@ time range: `since` inclusive, `until` exclusive. The events are written by the 
 whose changes they record (kernel.events.record_event); this slice only reads them.
 """
 
+import re
 import uuid
 from datetime import datetime
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Query
-from pydantic import BaseModel
+from pydantic import BaseModel, BeforeValidator
+from pydantic_core import PydanticCustomError
 from sqlalchemy import ColumnElement, select
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlmodel import col
@@ -34,6 +36,21 @@ Cursor = Annotated[str | None, Query(json_schema_extra=CURSOR_SCHEMA)]
 class EventPage(BaseModel):
     items: list[Event]
     next_cursor: str | None
+
+
+_RFC3339 = re.compile(r"\d{4}-\d{2}-\d{2}[Tt ]\d{2}:\d{2}")
+
+
+def _rfc3339_only(value: object) -> object:
+    # Lax parsing would take "0.5" as a Unix timestamp: the schema promises date-time.
+    if isinstance(value, str) and not _RFC3339.match(value):
+        raise PydanticCustomError(
+            "datetime_format", "must be an RFC 3339 date-time, like 2026-12-01T00:00:00Z"
+        )
+    return value
+
+
+QueryTime = Annotated[datetime, BeforeValidator(_rfc3339_only)]
 
 
 def _position(values: list[Any]) -> tuple[datetime, uuid.UUID]:
@@ -90,8 +107,8 @@ async def list_events_route(
     cursor: Cursor = None,
     user_id: uuid.UUID | None = None,
     kind: Annotated[EventType | None, Query(alias="type")] = None,
-    since: Annotated[datetime | None, Query(description="At or after (inclusive).")] = None,
-    until: Annotated[datetime | None, Query(description="Before (exclusive).")] = None,
+    since: Annotated[QueryTime | None, Query(description="At or after (inclusive).")] = None,
+    until: Annotated[QueryTime | None, Query(description="Before (exclusive).")] = None,
 ) -> EventPage:
     """Every account's security events (administrators only), newest first, filtered."""
     conditions: list[ColumnElement[bool]] = []

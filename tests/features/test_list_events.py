@@ -524,3 +524,14 @@ async def _events_of_fresh_login(client: httpx.AsyncClient, user: Account) -> li
 
 
 _ = make_admin  # the admin fixture comes from tests/conftest.py
+
+
+@pytest.mark.parametrize("value", ["0.5", "1733011200", "yesterday", "2026-13-01T00:00:00Z"])
+@pytest.mark.parametrize("parameter", ["since", "until"])
+async def test_a_time_filter_is_an_rfc3339_date_time_or_422(
+    client: httpx.AsyncClient, admin: Account, parameter: str, value: str
+) -> None:
+    # A number is not a time here, though lax parsing would read it as a Unix timestamp.
+    response = await client.get("/api/v1/events", params={parameter: value}, headers=admin.headers)
+
+    assert_problem(response, 422, "validation_error")

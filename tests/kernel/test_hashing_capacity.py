@@ -70,5 +70,7 @@ async def test_the_event_loop_keeps_turning_while_a_hash_runs(
 
     assert (await login).status_code == 200
     assert health.status_code == 200
-    # The longest the loop went without turning is a small part of the hash's duration.
-    assert max(stalls) < hashed_for / 3, (max(stalls), hashed_for)
+    # The longest the loop went without turning is under half the hash's duration: with
+    # argon2 on the loop it would be all of it. (A third failed once on a loaded 2-core
+    # machine, 0.37 s of 0.85 s, the OS scheduling other tests' threads.)
+    assert max(stalls) < hashed_for / 2, (max(stalls), hashed_for)
