@@ -39,6 +39,10 @@ SQLModel.metadata.naming_convention = {
 }
 metadata: MetaData = SQLModel.metadata
 
+# Column option for what must never leave the database (hashes, salts, mailed links):
+# `Field(..., sa_column_kwargs=SECRET_COLUMN)`. The data export leaves these out.
+SECRET_COLUMN: dict[str, Any] = {"info": {"secret": True}}
+
 SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
 SQLITE_BUSY_TIMEOUT_MS = 30_000
 log = logging.getLogger("userapi.db")

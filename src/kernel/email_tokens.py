@@ -29,7 +29,7 @@ from sqlalchemy import ColumnElement, delete, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlmodel import Field, SQLModel, col
 
-from kernel.db import Database, UTCDateTime, outside_transaction, utc_now
+from kernel.db import SECRET_COLUMN, Database, UTCDateTime, outside_transaction, utc_now
 from kernel.fields import Email, SafeText, StrictInput
 from kernel.send_limits import count_hit, forget_hits, hits
 from kernel.settings import Settings
@@ -48,8 +48,8 @@ class EmailToken(SQLModel, table=True):
     user_id: uuid.UUID = Field(foreign_key="users.id", index=True, ondelete="CASCADE")
     # The address it was mailed to: it proves nothing once the account's email changes.
     email: str = Field(max_length=320, index=True)
-    token_hash: str = Field(max_length=64, unique=True)
-    code_hash: str = Field(max_length=64)
+    token_hash: str = Field(max_length=64, unique=True, sa_column_kwargs=SECRET_COLUMN)
+    code_hash: str = Field(max_length=64, sa_column_kwargs=SECRET_COLUMN)
     created_at: datetime = Field(default_factory=utc_now, sa_type=UTCDateTime)
     expires_at: datetime = Field(sa_type=UTCDateTime, index=True)
     used_at: datetime | None = Field(default=None, sa_type=UTCDateTime)

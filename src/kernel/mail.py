@@ -27,7 +27,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import Session
 from sqlmodel import Field, SQLModel
 
-from kernel.db import UTCDateTime, utc_now
+from kernel.db import SECRET_COLUMN, UTCDateTime, utc_now
 from kernel.email_tokens import EmailTokens
 from kernel.settings import Settings
 
@@ -50,8 +50,8 @@ class OutboxMail(SQLModel, table=True):
     )
     subject: str = Field(max_length=500)
     # The bodies hold links and codes: emptied once the mail is sent or has failed.
-    text_body: str = Field(sa_type=Text)
-    html_body: str = Field(sa_type=Text)
+    text_body: str = Field(sa_type=Text, sa_column_kwargs=SECRET_COLUMN)
+    html_body: str = Field(sa_type=Text, sa_column_kwargs=SECRET_COLUMN)
     status: str = Field(default="pending", max_length=10)
     # False: subject and bodies are written by the kind's preparer when it is sent.
     prepared: bool = Field(default=True)

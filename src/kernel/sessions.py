@@ -30,7 +30,7 @@ from sqlalchemy import delete
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlmodel import Field, SQLModel, col
 
-from kernel.db import UTCDateTime, utc_now
+from kernel.db import SECRET_COLUMN, UTCDateTime, utc_now
 from kernel.email_tokens import revoke_email_tokens
 from kernel.fields import SafeText
 from kernel.settings import Settings
@@ -46,7 +46,11 @@ class Session(SQLModel, table=True):
     id: uuid.UUID = Field(default_factory=uuid.uuid4, primary_key=True)
     user_id: uuid.UUID = Field(foreign_key="users.id", index=True, ondelete="CASCADE")
     # Random per session: a SECRET_KEY leak alone does not let anyone mint its tokens.
-    salt: str = Field(default_factory=lambda: secrets.token_hex(16), max_length=32)
+    salt: str = Field(
+        default_factory=lambda: secrets.token_hex(16),
+        max_length=32,
+        sa_column_kwargs=SECRET_COLUMN,
+    )
     # How many times it was refreshed: the live refresh token is this generation's.
     generation: int = Field(default=0)
     created_at: datetime = Field(default_factory=utc_now, sa_type=UTCDateTime)

@@ -13,7 +13,14 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import declared_attr
 from sqlmodel import Field, SQLModel, col
 
-from kernel.db import UTCDateTime, dialect_name, outside_transaction, run_rechecks, utc_now
+from kernel.db import (
+    SECRET_COLUMN,
+    UTCDateTime,
+    dialect_name,
+    outside_transaction,
+    run_rechecks,
+    utc_now,
+)
 from kernel.errors import EmailTaken, LastAdmin
 from kernel.fields import AvatarUrl, Bio, Email, Name, StrictInput
 from kernel.hashing import PasswordHashing
@@ -40,7 +47,7 @@ class User(SQLModel, table=True):
     id: uuid.UUID = Field(default_factory=uuid.uuid4, primary_key=True)
     # Stored already trimmed and case-folded, so a plain unique constraint is case-insensitive.
     email: str = Field(max_length=320, unique=True)
-    password_hash: str = Field(max_length=255)
+    password_hash: str = Field(max_length=255, sa_column_kwargs=SECRET_COLUMN)
     first_name: str = Field(max_length=100)
     last_name: str = Field(max_length=100)
     bio: str | None = Field(default=None, max_length=1000)
