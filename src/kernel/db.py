@@ -172,6 +172,11 @@ class Database:
         await self.engine.dispose()
 
 
+def deleted_count(result: Any) -> int:
+    """How many rows a DELETE removed (what purge-expired reports)."""
+    return int(getattr(result, "rowcount", 0) or 0)
+
+
 def dialect_name(session: AsyncSession) -> str:
     return session.get_bind().dialect.name
 

@@ -29,7 +29,14 @@ from sqlalchemy import ColumnElement, delete, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlmodel import Field, SQLModel, col
 
-from kernel.db import SECRET_COLUMN, Database, UTCDateTime, outside_transaction, utc_now
+from kernel.db import (
+    SECRET_COLUMN,
+    Database,
+    UTCDateTime,
+    deleted_count,
+    outside_transaction,
+    utc_now,
+)
 from kernel.fields import Email, SafeText, StrictInput
 from kernel.send_limits import count_hit, forget_hits, hits
 from kernel.settings import Settings
@@ -235,4 +242,4 @@ async def purge_spent_email_tokens(session: AsyncSession) -> int:
             (col(EmailToken.expires_at) <= utc_now()) | col(EmailToken.used_at).is_not(None)
         )
     )
-    return int(getattr(result, "rowcount", 0) or 0)
+    return deleted_count(result)

@@ -28,7 +28,7 @@ from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlmodel import Field, SQLModel, col
 
-from kernel.db import UTCDateTime, dialect_name, utc_now
+from kernel.db import UTCDateTime, deleted_count, dialect_name, utc_now
 from kernel.settings import Settings
 
 USER_AGENT_MAX_LENGTH = 256
@@ -155,4 +155,4 @@ async def purge_old_events(db: AsyncSession, settings: Settings) -> int:
         await db.execute(select(func.set_config(RETENTION_SETTING, str(days), True)))
         older = col(SecurityEvent.at) < func.now() - func.make_interval(0, 0, 0, days)
     result = await db.execute(delete(SecurityEvent).where(older))
-    return int(getattr(result, "rowcount", 0) or 0)
+    return deleted_count(result)

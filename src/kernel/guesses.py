@@ -19,7 +19,7 @@ from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlmodel import Field, SQLModel, col
 
-from kernel.db import Database, UTCDateTime, dialect_name, utc_now
+from kernel.db import Database, UTCDateTime, deleted_count, dialect_name, utc_now
 from kernel.errors import InvalidCurrentPassword, TooManyAttempts
 from kernel.hashing import PasswordHashing
 from kernel.settings import Settings
@@ -140,4 +140,4 @@ async def purge_expired_attempts(session: AsyncSession, settings: Settings) -> i
     result = await session.execute(
         delete(PasswordAttempt).where(col(PasswordAttempt.window_started_at) <= cutoff)
     )
-    return int(getattr(result, "rowcount", 0) or 0)
+    return deleted_count(result)

@@ -28,7 +28,7 @@ from sqlalchemy import ColumnElement, Select, delete, or_, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlmodel import col
 
-from kernel.db import Database, utc_now
+from kernel.db import Database, deleted_count, utc_now
 from kernel.email_tokens import EmailTokens
 from kernel.mail import (
     MailPreparation,
@@ -392,4 +392,4 @@ async def purge_old_mail(session: AsyncSession) -> int:
             )
         )
     )
-    return int(getattr(result, "rowcount", 0) or 0)
+    return deleted_count(result)

@@ -17,7 +17,7 @@ from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlmodel import Field, SQLModel, col
 
-from kernel.db import UTCDateTime, dialect_name, utc_now
+from kernel.db import UTCDateTime, deleted_count, dialect_name, utc_now
 from kernel.errors import ProblemError
 from kernel.settings import Settings
 
@@ -114,4 +114,4 @@ async def purge_expired_send_counts(session: AsyncSession, settings: Settings) -
     result = await session.execute(
         delete(SendCount).where(col(SendCount.window_started_at) <= cutoff)
     )
-    return int(getattr(result, "rowcount", 0) or 0)
+    return deleted_count(result)

@@ -30,7 +30,7 @@ from sqlalchemy import delete
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlmodel import Field, SQLModel, col
 
-from kernel.db import SECRET_COLUMN, UTCDateTime, utc_now
+from kernel.db import SECRET_COLUMN, UTCDateTime, deleted_count, utc_now
 from kernel.email_tokens import revoke_email_tokens
 from kernel.fields import SafeText
 from kernel.settings import Settings
@@ -190,4 +190,4 @@ async def deactivate_account(db: AsyncSession, user: User) -> None:
 
 async def purge_expired_sessions(db: AsyncSession) -> int:
     result = await db.execute(delete(Session).where(col(Session.expires_at) <= utc_now()))
-    return int(getattr(result, "rowcount", 0) or 0)
+    return deleted_count(result)
