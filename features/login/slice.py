@@ -42,7 +42,7 @@ from kernel.sessions import (
 )
 from kernel.settings import Settings
 from kernel.tokens import AccessTokens
-from kernel.users import User
+from kernel.users import User, find_user_by_email
 
 router = APIRouter(tags=["auth"])
 FORM_MEDIA_TYPES = ("application/x-www-form-urlencoded", "multipart/form-data")
@@ -167,7 +167,7 @@ async def login(
     credentials: Credentials,
     device: Device,
 ) -> TokenPair:
-    user = await session.scalar(select(User).where(col(User.email) == credentials.email))
+    user = await find_user_by_email(session, credentials.email)
     checked_hash = user.password_hash if user else None
     email = credentials.email
     try:
