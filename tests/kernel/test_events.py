@@ -7,6 +7,7 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from datetime import timedelta
 from pathlib import Path
+from typing import Any
 
 import asyncpg
 import httpx
@@ -147,7 +148,7 @@ async def test_postgresql_lets_an_update_only_take_personal_fields_away(
         )
 
     after = await all_events(client, admin)
-    emptied = {"ip": None, "user_agent": None, "details": {}}
+    emptied: dict[str, Any] = {"ip": None, "user_agent": None, "details": {}}
     assert after == [event | emptied for event in before]
 
 
