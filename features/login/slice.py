@@ -189,6 +189,10 @@ async def login(
         raise InvalidCredentials()
     assert user is not None  # a password only matches an existing account's hash
     await session.refresh(user)  # it may have changed while no transaction was open
+    if user.erased_at is not None:
+        # Erased while we were checking: now an address no account has.
+        _refused(session, failed, email=email, user=None, device=device, reason="unknown_email")
+        raise InvalidCredentials()
     if not user.is_active:
         _refused(session, failed, email=email, user=user, device=device, reason="account_inactive")
         raise AccountInactive()
