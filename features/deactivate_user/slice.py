@@ -83,7 +83,11 @@ async def deactivate_me_route(
     ip: ClientIP,
     user_agent: UserAgent,
 ) -> PrivateUser:
-    """Deactivate your own account (confirm with your current password)."""
+    """Deactivate your own account (confirm with your current password).
+
+    Every session ends at once and every mailed link or code dies. The account and its
+    email stay; an administrator can reactivate it. Idempotent.
+    """
     user = await deactivate(
         session,
         guesses=guesses,
@@ -106,7 +110,11 @@ async def deactivate_user_route(
     user_agent: UserAgent,
     body: Deactivation | None = Body(default=None),
 ) -> PrivateUser:
-    """Deactivate a user: administrators need no body; for yourself, confirm your password."""
+    """Deactivate a user: administrators need no body; for yourself, confirm your password.
+
+    Every session of the user ends at once. The last active administrator cannot be
+    deactivated (409 last_admin).
+    """
     user = await deactivate(
         session,
         guesses=guesses,

@@ -133,7 +133,12 @@ async def erase_me_route(
     ip: ClientIP,
     user_agent: UserAgent,
 ) -> Response:
-    """Erase your own account for good (confirm with your current password)."""
+    """Erase your own account for good (confirm with your current password).
+
+    In one transaction: personal fields, sessions, pending links and codes, and mails
+    are deleted; security events stay without their personal fields. The id answers 404
+    from then on; the email may register again at once.
+    """
     await erase(
         session,
         guesses=guesses,
@@ -158,7 +163,11 @@ async def erase_user_route(
     user_agent: UserAgent,
     body: Erasure | None = Body(default=None),
 ) -> Response:
-    """Erase a user for good: administrators need no body; for yourself, confirm your password."""
+    """Erase a user for good: administrators need no body; for yourself, confirm your password.
+
+    The same erasure as POST /users/me/erase. The last active administrator cannot be
+    erased (409 last_admin).
+    """
     await erase(
         session,
         guesses=guesses,

@@ -46,7 +46,11 @@ def _json_value(value: Any) -> Any:
     responses={200: {"description": "Everything stored about you, table by table."}},
 )
 async def export_my_data_route(user: CurrentUser, db: SessionDep) -> JSONResponse:
-    """Download everything stored about you (never a hash, token or secret)."""
+    """Download everything stored about you (never a hash, token or secret).
+
+    One JSON document, table by table: the profile, sessions, security events and mails'
+    metadata. Sent as an attachment.
+    """
     document: dict[str, Any] = {"exported_at": _json_value(utc_now()), "user_id": str(user.id)}
     tables: dict[str, list[dict[str, Any]]] = {}
     for table, naming in tables_naming_users():

@@ -27,7 +27,10 @@ async def get_user(session: AsyncSession, viewer: User, user_id: uuid.UUID) -> U
 
 @router.get("/users/me")
 async def get_me_route(user: CurrentUser, response: Response) -> PrivateUser:
-    """Read your own account."""
+    """Read your own account.
+
+    The private view, with an ETag to send back in If-Match when updating.
+    """
     return private_view_with_etag(user, response)
 
 
@@ -35,7 +38,10 @@ async def get_me_route(user: CurrentUser, response: Response) -> PrivateUser:
 async def get_user_route(
     user_id: uuid.UUID, viewer: CurrentUser, session: SessionDep, response: Response
 ) -> PrivateUser | PublicUser:
-    """Read a user: the private view for yourself and admins, the public view otherwise."""
+    """Read a user: the private view for yourself and admins, the public view otherwise.
+
+    Other users see only active accounts; a deactivated or erased one is 404 to them.
+    """
     user = await get_user(session, viewer, user_id)
     if may_manage(viewer, user.id):
         return private_view_with_etag(user, response)

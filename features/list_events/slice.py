@@ -88,7 +88,11 @@ async def list_my_events_route(
     limit: Limit = 20,
     cursor: Cursor = None,
 ) -> EventPage:
-    """Your account's security events, newest first, one keyset page at a time."""
+    """Your account's security events, newest first, one keyset page at a time.
+
+    Follow next_cursor until it is null. Events are never changed; they are kept
+    AUDIT_RETENTION_DAYS.
+    """
     return await list_events(
         session,
         CursorCodec(settings.signing_key, CURSOR_PURPOSE),
@@ -110,7 +114,11 @@ async def list_events_route(
     since: Annotated[QueryTime | None, Query(description="At or after (inclusive).")] = None,
     until: Annotated[QueryTime | None, Query(description="Before (exclusive).")] = None,
 ) -> EventPage:
-    """Every account's security events (administrators only), newest first, filtered."""
+    """Every account's security events (administrators only), newest first, filtered.
+
+    Filter by user_id, type, since (inclusive) and until (exclusive); follow next_cursor
+    until it is null.
+    """
     conditions: list[ColumnElement[bool]] = []
     if user_id is not None:
         conditions.append(col(SecurityEvent.user_id) == user_id)

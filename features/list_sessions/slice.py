@@ -61,7 +61,10 @@ class SessionList(BaseModel):
 
 @router.get("/users/me/sessions")
 async def list_my_sessions_route(current: CurrentSession, db: SessionDep) -> SessionList:
-    """List your live sessions (one per login), newest first."""
+    """List your live sessions (one per login), newest first.
+
+    `current` marks the session of the calling token.
+    """
     sessions = await live_sessions(db, current.user_id)
     return SessionList(items=[SessionView.of(each, current_id=current.id) for each in sessions])
 
@@ -70,6 +73,9 @@ async def list_my_sessions_route(current: CurrentSession, db: SessionDep) -> Ses
 async def list_user_sessions_route(
     target: AdministeredUser, current: CurrentSession, db: SessionDep
 ) -> SessionList:
-    """List a user's live sessions (administrators only)."""
+    """List a user's live sessions (administrators only).
+
+    The same view as GET /users/me/sessions, for any user.
+    """
     sessions = await live_sessions(db, target.id)
     return SessionList(items=[SessionView.of(each, current_id=current.id) for each in sessions])

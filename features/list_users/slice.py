@@ -127,7 +127,12 @@ async def list_users_route(
     sort: Sort = "created_at",
     include_total: bool = False,
 ) -> UserPage:
-    """List users (admins only), newest last by default, one keyset page at a time."""
+    """List users (admins only), newest last by default, one keyset page at a time.
+
+    Search with q (email, first or last name), filter with is_active, sort by created_at
+    or email either way; include_total adds the count. Page cost does not grow with
+    depth.
+    """
     return await list_users(
         session,
         CursorCodec(settings.signing_key, "list_users"),

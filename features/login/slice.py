@@ -10,7 +10,7 @@ from datetime import timedelta
 from typing import Any
 
 from fastapi import APIRouter, Request, Response
-from pydantic import ValidationError
+from pydantic import ConfigDict, ValidationError
 from sqlalchemy import delete, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlmodel import col
@@ -49,6 +49,12 @@ FORM_MEDIA_TYPES = ("application/x-www-form-urlencoded", "multipart/form-data")
 
 
 class Credentials(StrictInput):
+    model_config = ConfigDict(
+        json_schema_extra={
+            "examples": [{"email": "ada@example.com", "password": "analytical engine 1843"}]
+        }
+    )
+
     email: Email
     password: CurrentPassword
 
@@ -280,7 +286,12 @@ async def login_route(
     refresh_tokens: RefreshTokensDep,
     settings: SettingsDep,
 ) -> TokenPair:
-    """Log in with email and password (JSON, or the OAuth2 password form)."""
+    """Log in with email and password (JSON, or the OAuth2 password form).
+
+    Starts a session and returns an access token and a refresh token. Failed checks are
+    counted per email; past LOGIN_MAX_FAILURES the email's logins get 429 for
+    LOGIN_LOCKOUT_SECONDS.
+    """
     credentials = await _read_credentials(request)
     response.headers.update(NO_STORE_HEADERS)
     return await login(

@@ -58,5 +58,8 @@ async def logout_route(
     ip: ClientIP,
     user_agent: UserAgent,
 ) -> None:
-    """Log out: end this login's session (the user's other sessions stay)."""
+    """Log out: end this login's session (the user's other sessions stay).
+
+    Needs no access token. Idempotent: an unknown or spent refresh token also gets 204.
+    """
     await logout(db, refresh_tokens, body.refresh_token, ip=ip, user_agent=user_agent)

@@ -73,7 +73,11 @@ class ResetConfirmation(MailedProof):
 async def request_password_reset_route(
     body: ResetRequest, session: SessionDep, limits: SendLimitsDep, ip: ClientIP
 ) -> Response:
-    """Ask for a password-reset mail. 202 for any address: nobody learns who has an account."""
+    """Ask for a password-reset mail. 202 for any address: nobody learns who has an account.
+
+    For a known, active account a mail with a link and a 6-digit code is queued; the
+    answer does not depend on it.
+    """
     await limits.check_ip(session, ip)
     if not await limits.address_allows(session, "password_reset", body.email):  # any address
         queue_mail_prepared_later(session, to=body.email, kind="password_reset")
@@ -119,7 +123,11 @@ async def confirm_password_reset_route(
     ip: ClientIP,
     user_agent: UserAgent,
 ) -> Response:
-    """Set a new password with the mailed token or code; every session of the user ends."""
+    """Set a new password with the mailed token or code; every session of the user ends.
+
+    Send the token from the link, or the email and the 6-digit code. Five wrong codes
+    end the pending reset.
+    """
     found = await tokens.find(session, "password_reset", body)
     if found is None:
         raise InvalidResetToken()

@@ -104,7 +104,11 @@ async def refresh_route(
     ip: ClientIP,
     user_agent: UserAgent,
 ) -> TokenPair:
-    """Exchange a refresh token for a new token pair; the presented token is spent."""
+    """Exchange a refresh token for a new token pair; the presented token is spent.
+
+    A retry of the token spent last within REFRESH_REUSE_GRACE_SECONDS is answered; any
+    other reuse ends the session for everyone holding it.
+    """
     response.headers.update(NO_STORE_HEADERS)
     return await refresh(
         db,

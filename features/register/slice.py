@@ -31,7 +31,11 @@ async def register_route(
     ip: ClientIP,
     user_agent: UserAgent,
 ) -> PrivateUser:
-    """Register a new account."""
+    """Register a new account.
+
+    Returns the new account (201, with Location) and queues a verification mail. The
+    email is case-folded; a taken one is 409 email_taken.
+    """
     user = await create_user(
         session, form, hashing=hashing, min_password_length=settings.password_min_length
     )

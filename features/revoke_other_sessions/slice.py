@@ -19,7 +19,10 @@ router = APIRouter(tags=["sessions"])
 async def revoke_other_sessions_route(
     current: CurrentSession, db: SessionDep, ip: ClientIP, user_agent: UserAgent
 ) -> None:
-    """End every session of yours but this one."""
+    """End every session of yours but this one.
+
+    Every other device is logged out on its next request.
+    """
     # One event per session ended (at most MAX_SESSIONS_PER_USER), each naming it.
     for ended in await end_sessions(db, current.user_id, keep=current.id):
         record_event(

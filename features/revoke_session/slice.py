@@ -61,7 +61,10 @@ async def revoke_session(
 async def revoke_my_session_route(
     session_id: uuid.UUID, user: CurrentUser, db: SessionDep, ip: ClientIP, user_agent: UserAgent
 ) -> None:
-    """End one of your sessions (log that device out)."""
+    """End one of your sessions (log that device out).
+
+    Its refresh token and access tokens fail from the next request on, in every process.
+    """
     await revoke_session(
         db, actor=user, user_id=user.id, session_id=session_id, ip=ip, user_agent=user_agent
     )
@@ -81,7 +84,10 @@ async def revoke_user_session_route(
     ip: ClientIP,
     user_agent: UserAgent,
 ) -> None:
-    """End one of a user's sessions (administrators only)."""
+    """End one of a user's sessions (administrators only).
+
+    The same as DELETE /users/me/sessions/{session_id}, for any user.
+    """
     await revoke_session(
         db, actor=admin, user_id=target.id, session_id=session_id, ip=ip, user_agent=user_agent
     )

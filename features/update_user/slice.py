@@ -238,7 +238,12 @@ async def update_me_route(
     response: Response,
     if_match: IfMatch = None,
 ) -> PrivateUser:
-    """Update your own account."""
+    """Update your own account.
+
+    Partial: send only what changes. Changing email or password needs current_password;
+    a password change ends every session. Send If-Match to refuse a change made
+    meanwhile.
+    """
     # The same as PATCH /users/{your id}.
     return await update_user_route(
         update=update,
@@ -273,7 +278,11 @@ async def update_user_route(
     response: Response,
     if_match: IfMatch = None,
 ) -> PrivateUser:
-    """Update a user: yourself, or anyone if you are an administrator."""
+    """Update a user: yourself, or anyone if you are an administrator.
+
+    Administrators need no current_password and may set is_active and is_superuser; the
+    last active administrator cannot be removed.
+    """
     user = await update_user(
         session,
         guesses=guesses,

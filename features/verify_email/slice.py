@@ -48,7 +48,10 @@ async def verify_email_route(
     ip: ClientIP,
     user_agent: UserAgent,
 ) -> Response:
-    """Confirm an email address with the mailed token or code."""
+    """Confirm an email address with the mailed token or code.
+
+    Send the token from the link, or the email and the 6-digit code.
+    """
     found = await tokens.find(session, "email_verification", body)
     user = await tokens.redeem(session, found) if found else None
     if user is None:
@@ -81,7 +84,10 @@ async def send_verification_email_route(
     settings: SettingsDep,
     ip: ClientIP,
 ) -> Response:
-    """Send a new verification mail to your address; earlier links and codes stop working."""
+    """Send a new verification mail to your address; earlier links and codes stop working.
+
+    Limited per address and per client IP (429 too_many_requests).
+    """
     if user.email_verified:
         raise AlreadyVerified()
     await limits.check_ip(session, ip)

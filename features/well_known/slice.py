@@ -43,7 +43,10 @@ def jwks_max_age(key_publish_seconds: int) -> int:
 async def jwks_route(
     response: Response, tokens: AccessTokensDep, settings: SettingsDep
 ) -> JsonWebKeySet:
-    """The public keys that verify our access tokens (empty with HS256)."""
+    """The public keys that verify our access tokens (empty with HS256).
+
+    A JWK Set; cache it as Cache-Control says and fetch it again on an unknown kid.
+    """
     response.headers["Cache-Control"] = (
         f"public, max-age={jwks_max_age(settings.key_publish_seconds)}"
     )
@@ -54,7 +57,10 @@ async def jwks_route(
 async def authorization_server_metadata_route(
     request: Request, response: Response, settings: SettingsDep
 ) -> AuthorizationServerMetadata:
-    """RFC 8414 metadata: the issuer, the JWKS URL and the token endpoint."""
+    """RFC 8414 metadata: the issuer, the JWKS URL and the token endpoint.
+
+    For clients and services that discover how to verify our tokens.
+    """
     response.headers["Cache-Control"] = f"public, max-age={METADATA_MAX_AGE_SECONDS}"
     # Absolute URLs as the client reached us (uvicorn applies X-Forwarded-* headers).
     base = str(request.base_url).rstrip("/")

@@ -108,12 +108,18 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     @app.get("/health", tags=["operations"])
     async def health() -> Health:
-        """Liveness: the process is up and serving."""
+        """Liveness: the process is up and serving.
+
+        Touches no database: for liveness probes, which should restart a stuck process.
+        """
         return Health(status="ok")
 
     @app.get("/ready", tags=["operations"], responses=problem_responses(DatabaseUnavailable))
     async def ready(request: Request) -> Health:
-        """Readiness: the database answers and its schema is at the newest migration."""
+        """Readiness: the database answers and its schema is at the newest migration.
+
+        For readiness probes and load balancers: 503 while this process cannot serve.
+        """
         db: Database = request.app.state.database
         async with db.engine.connect() as connection:
             await connection.execute(text("SELECT 1"))

@@ -9,7 +9,7 @@ from typing import Any, ClassVar
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import Response
-from pydantic import BaseModel
+from pydantic import BaseModel, ConfigDict
 from sqlalchemy import exc as sa_exc
 from sqlalchemy.orm.exc import StaleDataError
 from starlette.exceptions import HTTPException as StarletteHTTPException
@@ -26,6 +26,20 @@ class ValidationIssue(BaseModel):
 
 class Problem(BaseModel):
     """RFC 9457 problem details, with a stable machine-readable `code`."""
+
+    model_config = ConfigDict(
+        json_schema_extra={
+            "examples": [
+                {
+                    "type": "about:blank",
+                    "title": "Conflict",
+                    "status": 409,
+                    "detail": "This email is already registered.",
+                    "code": "email_taken",
+                }
+            ]
+        }
+    )
 
     type: str = "about:blank"
     title: str

@@ -24,7 +24,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Annotated, Literal, TypeGuard
 
-from pydantic import BaseModel
+from pydantic import BaseModel, ConfigDict
 from pydantic import Field as PydanticField
 from sqlalchemy import delete
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -147,6 +147,19 @@ def _unb64(text: str) -> bytes:
 
 
 class TokenPair(BaseModel):
+    model_config = ConfigDict(
+        json_schema_extra={
+            "examples": [
+                {
+                    "access_token": "eyJhbGciOiJFZERTQSIsImtpZCI6Ii4uLiJ9.eyJzdWIiOiIuLi4ifQ.c2ln",
+                    "token_type": "bearer",
+                    "expires_in": 900,
+                    "refresh_token": "u1.Qm9vdHN0cmFwcGVkIHNlc3Npb24gaWQ.cmVmcmVzaCB0YWc",
+                }
+            ]
+        }
+    )
+
     access_token: str
     token_type: Literal["bearer"] = "bearer"  # noqa: S105 (a token kind, not a secret)
     expires_in: int

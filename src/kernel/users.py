@@ -6,7 +6,7 @@ from datetime import UTC, datetime
 from typing import Annotated, Any, Self
 
 from fastapi import Response
-from pydantic import BaseModel, PlainSerializer, WithJsonSchema
+from pydantic import BaseModel, ConfigDict, JsonValue, PlainSerializer, WithJsonSchema
 from sqlalchemy import Column, ColumnElement, Index, Table, event, func, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -154,8 +154,28 @@ def _on_update(_: Any, __: Any, user: User) -> None:
     user.search_key = _search_key(user)
 
 
+_EXAMPLE_PUBLIC: dict[str, JsonValue] = {
+    "id": "0b6f5e1c-3d2a-4c8e-9f71-2a4b6c8d0e1f",
+    "first_name": "Ada",
+    "last_name": "Lovelace",
+    "full_name": "Ada Lovelace",
+    "bio": "First programmer",
+    "avatar_url": "https://pictures.example.org/ada.png",
+}
+_EXAMPLE_PRIVATE = _EXAMPLE_PUBLIC | {
+    "email": "ada@example.com",
+    "email_verified": True,
+    "is_active": True,
+    "is_superuser": False,
+    "created_at": "2026-12-01T16:39:00.123456Z",
+    "updated_at": "2026-12-01T16:39:00.123456Z",
+}
+
+
 class PublicUser(BaseModel):
     """What other signed-in users may see."""
+
+    model_config = ConfigDict(json_schema_extra={"examples": [_EXAMPLE_PUBLIC]})
 
     id: uuid.UUID
     first_name: str
@@ -171,6 +191,8 @@ class PublicUser(BaseModel):
 
 class PrivateUser(PublicUser):
     """What the user themself and admins see."""
+
+    model_config = ConfigDict(json_schema_extra={"examples": [_EXAMPLE_PRIVATE]})
 
     email: str
     email_verified: bool
@@ -231,6 +253,20 @@ async def ensure_not_last_admin(session: AsyncSession, user: User) -> None:
 
 class Registration(StrictInput):
     """A new account's fields: the register body, and what `userapi create-admin` checks."""
+
+    model_config = ConfigDict(
+        json_schema_extra={
+            "examples": [
+                {
+                    "email": "ada@example.com",
+                    "password": "analytical engine 1843",
+                    "first_name": "Ada",
+                    "last_name": "Lovelace",
+                    "bio": "First programmer",
+                }
+            ]
+        }
+    )
 
     email: Email
     password: Password
