@@ -81,9 +81,7 @@ async def erase(
             raise InvalidInput.at(("body", "current_password"), "Field required", "missing")
         async with outside_transaction(session):
             await guesses.confirm(actor, body.current_password)
-    await lock_user(session, target)
-    if target.erased_at is not None:
-        raise UserNotFound()  # erased by a concurrent request while this one hashed
+    await lock_user(session, target)  # 404 if a concurrent request erased it meanwhile
     await ensure_not_last_admin(session, target)
 
     email = target.email
@@ -93,9 +91,11 @@ async def erase(
     await session.execute(delete(OutboxMail).where(col(OutboxMail.to_address) == email))
     await forget_failures(session, email)
     await forget_address(session, email)
-    await scrub_events(session, target.id, email)
+    # The tombstone first: the PostgreSQL trigger lets events lose their personal
+    # fields only once the account they name is erased.
     empty_of_personal_data(target, utc_now())
     await session.flush()
+    await scrub_events(session, target.id, email)
 
     if settings.resolved_mail_backend == "smtp":
         # No user_id: nothing links it to the tombstone; deleted once it has gone.

@@ -42,7 +42,7 @@ from kernel.sessions import (
 )
 from kernel.settings import Settings
 from kernel.tokens import AccessTokens
-from kernel.users import User, find_user_by_email
+from kernel.users import User, find_user_by_email, hold_user
 
 router = APIRouter(tags=["auth"])
 FORM_MEDIA_TYPES = ("application/x-www-form-urlencoded", "multipart/form-data")
@@ -186,18 +186,16 @@ async def login(
     except LockedOut as locked:
         if not locked.first:
             raise  # one event per lockout: the table does not grow with the refusals
+        user = await hold_user(session, user)
         _refused(session, EventType.login_throttled, email=email, user=user, device=device)
         raise LoginThrottled(headers=locked.headers) from None
+    # It may have changed while no transaction was open; erased meanwhile, it is now an
+    # address no account has, and nothing about this login may be written against it.
+    user = await hold_user(session, user)
     failed = EventType.login_failed
-    if not matches:
+    if not matches or user is None:
         reason = "wrong_password" if user else "unknown_email"
         _refused(session, failed, email=email, user=user, device=device, reason=reason)
-        raise InvalidCredentials()
-    assert user is not None  # a password only matches an existing account's hash
-    await session.refresh(user)  # it may have changed while no transaction was open
-    if user.erased_at is not None:
-        # Erased while we were checking: now an address no account has.
-        _refused(session, failed, email=email, user=None, device=device, reason="unknown_email")
         raise InvalidCredentials()
     if not user.is_active:
         _refused(session, failed, email=email, user=user, device=device, reason="account_inactive")

@@ -44,7 +44,7 @@ from kernel.mail import (
 from kernel.passwords import Password, check_new_password
 from kernel.send_limits import TooManyRequests
 from kernel.sessions import end_sessions
-from kernel.users import find_user_by_email
+from kernel.users import find_user_by_email, hold_user
 
 router = APIRouter(tags=["auth"])
 MAIL_TEMPLATES = Path(__file__).parent / "mail"
@@ -88,7 +88,8 @@ async def prepare_reset_mail(
     session: AsyncSession, mail: OutboxMail, preparation: MailPreparation
 ) -> PreparedMail | None:
     """In the sender: the reset mail for a known, active account; None for any other."""
-    user = await find_user_by_email(session, mail.to_address)
+    # Held: an erasure in progress must not be followed by a token for its tombstone.
+    user = await hold_user(session, await find_user_by_email(session, mail.to_address))
     if user is None or not user.is_active:
         return None
     secret = await preparation.email_tokens.issue(session, user, "password_reset")

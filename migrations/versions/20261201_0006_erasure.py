@@ -15,14 +15,18 @@ down_revision: str | None = "0005"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 
-# As in 0005, and one UPDATE more: erasure's (kernel.events.scrub_events). It may only
-# take information away: the IP and user agent may become NULL and details may lose
-# keys; the type, time and ids never change, and nothing is added.
+# As in 0005, and one UPDATE more: erasure's (kernel.events.scrub_events), and only for
+# the events it empties. The account the event names must already be erased (its
+# tombstone written first, in the same transaction), or the event holds a typed email;
+# then the IP and user agent become NULL and the personal detail keys go (personal_keys:
+# the personal names of kernel.events.DETAIL_NAMES; a test checks they agree). The type,
+# time, ids and every other detail stay as they were.
 APPEND_ONLY = """
 CREATE OR REPLACE FUNCTION security_events_append_only() RETURNS trigger
 LANGUAGE plpgsql AS $$
 DECLARE
     retention_days integer;
+    personal_keys text[] := ARRAY['email'];
 BEGIN
     IF TG_OP = 'DELETE' THEN
         retention_days := NULLIF(current_setting('userapi.audit_retention_days', true), '')::integer;
@@ -35,12 +39,15 @@ BEGIN
     IF NEW.id = OLD.id AND NEW.type = OLD.type AND NEW.at = OLD.at
         AND NEW.actor_id IS NOT DISTINCT FROM OLD.actor_id
         AND NEW.user_id IS NOT DISTINCT FROM OLD.user_id
-        AND (NEW.ip IS NULL OR NEW.ip = OLD.ip)
-        AND (NEW.user_agent IS NULL OR NEW.user_agent = OLD.user_agent)
-        AND OLD.details @> NEW.details THEN
+        AND NEW.ip IS NULL AND NEW.user_agent IS NULL
+        AND NEW.details = OLD.details - personal_keys
+        AND (OLD.details ?| personal_keys OR EXISTS (
+            SELECT 1 FROM users
+            WHERE users.id IN (OLD.user_id, OLD.actor_id) AND users.erased_at IS NOT NULL
+        )) THEN
         RETURN NEW;
     END IF;
-    RAISE EXCEPTION 'security events are never changed, only emptied of personal fields'
+    RAISE EXCEPTION 'security events are never changed, only emptied when their account is erased'
         USING ERRCODE = '42501';
 END;
 $$

@@ -22,7 +22,7 @@ from kernel.db import (
     run_rechecks,
     utc_now,
 )
-from kernel.errors import EmailTaken, LastAdmin
+from kernel.errors import EmailTaken, LastAdmin, UserNotFound
 from kernel.fields import AvatarUrl, Bio, Email, Name, StrictInput
 from kernel.hashing import PasswordHashing
 from kernel.passwords import Password, check_new_password
@@ -225,6 +225,7 @@ async def lock_user(session: AsyncSession, user: User) -> None:
 
     Then the caller is confirmed once more: a change decided under the lock must not act
     for a token revoked since the request began (on your own row, the lock now holds it).
+    An account erased meanwhile is 404 user_not_found: nothing may write to a tombstone.
     """
     # refresh(), not get(populate_existing): a row whose version moved on since it was
     # first loaded is simply reloaded, rather than reported as a stale version.
@@ -232,6 +233,20 @@ async def lock_user(session: AsyncSession, user: User) -> None:
     # (their foreign key check takes only a key-share lock).
     await session.refresh(user, with_for_update={"key_share": True})
     await run_rechecks(session)
+    if user.erased_at is not None:
+        raise UserNotFound()
+
+
+async def hold_user(session: AsyncSession, user: User | None) -> User | None:
+    """Re-read an account found before slow work, before writing rows that name it (a
+    session, an event, a mailed token): None if it has been erased since. The share lock
+    (PostgreSQL) waits for an erasure in progress and keeps one from starting until this
+    transaction ends, so nothing personal is written for an account being erased; other
+    readers and logins do not wait for each other."""
+    if user is None:
+        return None
+    await session.refresh(user, with_for_update={"read": True})
+    return None if user.erased_at is not None else user
 
 
 async def ensure_not_last_admin(session: AsyncSession, user: User) -> None:

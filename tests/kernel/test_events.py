@@ -7,7 +7,6 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from datetime import timedelta
 from pathlib import Path
-from typing import Any
 
 import asyncpg
 import httpx
@@ -16,7 +15,7 @@ from fastapi import FastAPI
 from sqlalchemy.exc import DBAPIError
 
 from kernel.db import Database, utc_now
-from kernel.events import EventType, SecurityEvent, record_event
+from kernel.events import DETAIL_NAMES, EventType, SecurityEvent, record_event
 from kernel.settings import SettingsError, load_settings
 from tests.factories import Account, all_events, types_of
 from tests.servers import run_cli, server_env
@@ -135,21 +134,34 @@ async def test_postgresql_refuses_any_update_that_changes_or_adds_to_an_event(
 
 
 @ONLY_POSTGRESQL
-async def test_postgresql_lets_an_update_only_take_personal_fields_away(
+async def test_postgresql_refuses_emptying_the_events_of_an_account_not_erased(
     client: httpx.AsyncClient, admin: Account, database_url: str
 ) -> None:
-    # Erasure's update (kernel.events.scrub_events): the IP and agent go, details shrink.
+    # Erasure's update is allowed only once the account is a tombstone (test_erase_user).
     before = await all_events(client, admin)
-    assert any(event["details"] for event in before)
 
     async with plain_connection(database_url) as connection:
-        await connection.execute(
-            "UPDATE security_events SET ip = NULL, user_agent = NULL, details = '{}'"
+        for statement in (
+            "UPDATE security_events SET ip = NULL, user_agent = NULL",
+            "UPDATE security_events SET ip = NULL, user_agent = NULL, details = '{}'",
+        ):
+            with pytest.raises(asyncpg.InsufficientPrivilegeError):
+                await connection.execute(statement)
+
+    assert await all_events(client, admin) == before
+
+
+@ONLY_POSTGRESQL
+async def test_the_trigger_removes_the_same_personal_details_as_erasure(
+    database_url: str,
+) -> None:
+    personal = [name for name, is_personal in DETAIL_NAMES.items() if is_personal]
+    async with plain_connection(database_url) as connection:
+        source = await connection.fetchval(
+            "SELECT prosrc FROM pg_proc WHERE proname = 'security_events_append_only'"
         )
 
-    after = await all_events(client, admin)
-    emptied: dict[str, Any] = {"ip": None, "user_agent": None, "details": {}}
-    assert after == [event | emptied for event in before]
+    assert f"ARRAY[{', '.join(repr(name) for name in personal)}]" in source
 
 
 @ONLY_POSTGRESQL
