@@ -90,14 +90,14 @@ def request_log_fields(scope: Scope, status: int | None, seconds: float) -> dict
 
 
 def _log_request(fields: dict[str, Any]) -> None:
-    text = (
-        f"{fields['method']} {fields['path']} {fields['status'] or '-'} "
-        f"{fields['duration_ms']:.1f}ms request_id={log_value(fields['request_id'])}"
-    )
+    text = f"{fields['method']} {fields['path']} {fields['status'] or '-'} "
+    text += f"{fields['duration_ms']:.1f}ms"
     if fields["user_id"]:
         text += f" user_id={fields['user_id']}"
     if fields["client_ip"]:
         text += f" client={log_value(fields['client_ip'])}"
+    # Last, so that a quoted id cannot be read as the start of another field.
+    text += f" request_id={log_value(fields['request_id'])}"
     log.info("%s", text, extra=fields)
 
 

@@ -148,7 +148,7 @@ async def test_a_terminal_gets_readable_text_with_the_same_fields(
     line = next(line for line in written.splitlines() if "request_id=text-me" in line)
     pattern = (
         r"^\S+ \S+ INFO userapi\.access GET /api/v1/users/me 200 \d+\.\dms "
-        rf"request_id=text-me user_id={me.json()['id']} client=127\.0\.0\.1$"
+        rf"user_id={me.json()['id']} client=127\.0\.0\.1 request_id=text-me$"
     )
     assert re.match(pattern, line), line
     assert not any(text.startswith("{") for text in written.splitlines())
