@@ -7,12 +7,13 @@ the test itself while a server runs carries the tail of that log.
 """
 
 import asyncio
+import contextlib
 import os
 import signal
 import socket
 import sys
 import uuid
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Mapping, Sequence
 from contextlib import AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -117,6 +118,10 @@ class Server:
     def describe(self) -> str:
         return f"userapi serve (pid {self.process.pid}, {self.base_url})"
 
+    def log(self) -> bytes:
+        """Everything the server has written so far."""
+        return self.log_path.read_bytes()
+
     def log_report(self) -> str:
         heading = f"--- {self.describe()}: last lines of {self.log_path} ---"
         return f"{heading}\n{log_tail(self.log_path)}"
@@ -216,7 +221,9 @@ def _new_log(workdir: Path) -> Path:
     raise ProcessError(f"no free userapi-serve-N.log name left in {workdir}")
 
 
-async def _spawn(workdir: Path, env: Mapping[str, str], port: int) -> Server:
+async def _spawn(
+    workdir: Path, env: Mapping[str, str], port: int, args: Sequence[str] = ()
+) -> Server:
     log_path = _new_log(workdir)
     with log_path.open("wb") as log:  # the child keeps its own copy of the descriptor
         process = await asyncio.create_subprocess_exec(
@@ -224,30 +231,35 @@ async def _spawn(workdir: Path, env: Mapping[str, str], port: int) -> Server:
             "serve",
             "--port",
             str(port),
+            *args,
             cwd=workdir,
             env=env,
             stdin=asyncio.subprocess.DEVNULL,
             stdout=log,
             stderr=asyncio.subprocess.STDOUT,
+            start_new_session=True,  # a process group of its own, workers included (_stop)
         )
     return Server(process, f"http://127.0.0.1:{port}", log_path)
 
 
 async def _stop(server: Server) -> None:
-    if server.process.returncode is None:
-        server.process.kill()
+    """Kill the server and every process it started (`--workers N` has N children, which
+    a kill of the parent alone would leave serving the port)."""
+    with contextlib.suppress(ProcessLookupError):  # the whole group has exited already
+        os.killpg(server.process.pid, signal.SIGKILL)
     await server.process.wait()
 
 
 @asynccontextmanager
 async def serving_process(
-    workdir: Path, env: Mapping[str, str], *, port: int | None = None
+    workdir: Path, env: Mapping[str, str], *, port: int | None = None, args: Sequence[str] = ()
 ) -> AsyncIterator[Server]:
-    """`userapi serve` with exactly this environment, healthy; killed and reaped however
-    the test ends. Its output is in `server.log_path`, and in the report of any failure."""
+    """`userapi serve [ARGS]` with exactly this environment, healthy; killed and reaped
+    however the test ends. Its output is in `server.log_path`, and in the report of any
+    failure."""
     logs_requests = env.get("LOG_LEVEL", "INFO").upper() in {"INFO", "DEBUG"}
     for attempt in range(1, PORT_ATTEMPTS + 1):
-        server = await _spawn(workdir, env, port or free_port())
+        server = await _spawn(workdir, env, port or free_port(), args)
         try:
             await _wait_healthy(server, logs_requests=logs_requests)
             break
@@ -274,10 +286,11 @@ async def running_server(
     *,
     port: int | None = None,
     env: Mapping[str, str] | None = None,
+    args: Sequence[str] = (),
 ) -> AsyncIterator[Server]:
-    """`userapi serve` on the test database (see server_env), on a free port."""
+    """`userapi serve [ARGS]` on the test database (see server_env), on a free port."""
     async with serving_process(
-        workdir, server_env(database_url, **(env or {})), port=port
+        workdir, server_env(database_url, **(env or {})), port=port, args=args
     ) as server:
         yield server
 

@@ -1,21 +1,28 @@
 """create_app(): settings -> database -> middleware -> error handlers -> health -> slices."""
 
-import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
 
-from fastapi import Depends, FastAPI, Request
+from fastapi import Depends, FastAPI, Request, Response
 from pydantic import BaseModel
+from sqlalchemy import exc as sa_exc
 from sqlalchemy import text
 
 from kernel.db import Database
 from kernel.email_tokens import EmailTokens
-from kernel.errors import DatabaseUnavailable, install_error_handlers, problem_responses
+from kernel.errors import (
+    DatabaseUnavailable,
+    install_error_handlers,
+    is_outage,
+    problem_responses,
+)
 from kernel.guesses import PasswordGuesses
 from kernel.hashing import PasswordHashing
-from kernel.mail_delivery import MailSender
+from kernel.logs import configure_logging
+from kernel.mail_delivery import MailSender, outbox_depth
 from kernel.media_types import require_declared_media_type
+from kernel.metrics import CONTENT_TYPE, Metrics, OutboxDepth
 from kernel.middleware import (
     BodyGuardMiddleware,
     ProblemCORSMiddleware,
@@ -30,8 +37,6 @@ from kernel.signing_keys import Keyring
 from kernel.slices import mount_slices, refuse_methods_a_literal_path_lacks
 from kernel.tokens import AccessTokens
 
-log = logging.getLogger("userapi")
-
 
 class Health(BaseModel):
     status: str
@@ -39,16 +44,19 @@ class Health(BaseModel):
 
 def create_app(settings: Settings | None = None) -> FastAPI:
     settings = settings or load_settings()
-    logging.basicConfig(
-        level=settings.log_level, format="%(asctime)s %(levelname)s %(name)s %(message)s"
-    )
-    # /ready asks Alembic for the revision; its per-call "Context impl" line is noise.
-    logging.getLogger("alembic.runtime.migration").setLevel(logging.WARNING)
+    configure_logging(settings)
+    metrics = Metrics(settings.metrics_token) if settings.metrics_enabled else None
     database = Database(settings)
-    hashing = PasswordHashing(settings)
+    if metrics is not None:
+        metrics.watch_pool(database.engine)
+    hashing = PasswordHashing(settings, metrics.hashing if metrics else None)
     schema_head = head_revision()
     keyring = Keyring(settings)
-    mail_sender = MailSender(database, settings) if settings.mail_sender_enabled else None
+    mail_sender = (
+        MailSender(database, settings, attempts=metrics.mail_attempts if metrics else None)
+        if settings.mail_sender_enabled
+        else None
+    )
 
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
@@ -63,6 +71,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             await mail_sender.stop()
         await keyring.stop()
         await database.dispose()
+        if metrics is not None:
+            metrics.worker_exiting()
 
     app = FastAPI(
         title="userapi",
@@ -103,7 +113,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             # the response headers listed here.
             expose_headers=["ETag", "Location", "Retry-After", "WWW-Authenticate", "X-Request-ID"],
         )
-    app.add_middleware(RequestContextMiddleware)
+    app.add_middleware(RequestContextMiddleware, metrics=metrics)
     install_error_handlers(app)
 
     @app.get("/health", tags=["operations"])
@@ -127,9 +137,30 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             raise DatabaseUnavailable("The database schema is not at the newest migration.")
         return Health(status="ok")
 
+    if metrics is not None:
+        _install_metrics_route(app, metrics)
     mount_slices(app)
     install_openapi(app)
     return app
+
+
+def _install_metrics_route(app: FastAPI, metrics: Metrics) -> None:
+    """GET /metrics, only when METRICS_ENABLED; absent, the path is a 404 like any other.
+    Not in the OpenAPI document: it is for the operator's scraper, not for clients."""
+
+    @app.get("/metrics", include_in_schema=False)
+    async def metrics_page(request: Request) -> Response:
+        metrics.allows(request.headers)
+        database: Database = request.app.state.database
+        outbox: OutboxDepth | None = None
+        try:
+            async with database.session(writes=False) as session:
+                outbox = OutboxDepth(*await outbox_depth(session))
+        except (DatabaseUnavailable, sa_exc.DBAPIError, sa_exc.TimeoutError) as error:
+            # During an outage the other metrics matter most: they are still served.
+            if not isinstance(error, DatabaseUnavailable) and not is_outage(error):
+                raise
+        return Response(metrics.exposition(outbox), media_type=CONTENT_TYPE)
 
 
 def __getattr__(name: str) -> Any:

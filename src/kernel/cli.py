@@ -4,11 +4,14 @@ outbox | new-feature."""
 import argparse
 import asyncio
 import keyword
-import logging
 import os
 import re
+import shutil
 import signal
 import sys
+import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import NoReturn
 
@@ -23,7 +26,9 @@ from kernel.events import EventType, purge_old_events, record_event
 from kernel.fields import Email
 from kernel.guesses import purge_expired_attempts
 from kernel.hashing import PasswordHashing
+from kernel.logs import configure_logging
 from kernel.mail_delivery import MailSender, OutboxEntry, outbox_entries, purge_old_mail
+from kernel.metrics import MULTIPROC_DIR_VARIABLE
 from kernel.send_limits import purge_expired_send_counts
 from kernel.sessions import purge_expired_sessions
 from kernel.settings import Settings, load_settings
@@ -57,16 +62,40 @@ def _serve(args: argparse.Namespace, settings: Settings) -> None:
         # Mailed links in development open the pages of this very server.
         host = "127.0.0.1" if args.host in ("0.0.0.0", "::") else args.host  # noqa: S104
         os.environ["PUBLIC_URL"] = f"http://{host}:{args.port}"
-    uvicorn.run(
-        "kernel.app:create_app",
-        factory=True,
-        host=args.host,
-        port=args.port,
-        workers=args.workers,
-        proxy_headers=True,
-        timeout_graceful_shutdown=30,
-        access_log=False,  # our middleware logs each request with its request id
-    )
+    configure_logging(settings)
+    with _metrics_folder(settings, args.workers):
+        uvicorn.run(
+            "kernel.app:create_app",
+            factory=True,
+            host=args.host,
+            port=args.port,
+            workers=args.workers,
+            proxy_headers=True,
+            timeout_graceful_shutdown=30,
+            access_log=False,  # our middleware logs each request with its request id
+            log_config=None,  # uvicorn's lines go through our handler (LOG_FORMAT) too
+        )
+
+
+@contextmanager
+def _metrics_folder(settings: Settings, workers: int) -> Iterator[None]:
+    """With metrics and several workers: a fresh PROMETHEUS_MULTIPROC_DIR for this run.
+
+    The workers (new processes) see it before they import prometheus-client, which is
+    when the library picks its multiprocess mode; values left from an earlier run would
+    be counted again, so the folder is new each time and removed afterwards. A folder
+    the operator set is theirs: used as it is, never removed.
+    """
+    if not settings.metrics_enabled or workers < 2 or os.environ.get(MULTIPROC_DIR_VARIABLE):
+        yield
+        return
+    folder = tempfile.mkdtemp(prefix="userapi-metrics-")
+    os.environ[MULTIPROC_DIR_VARIABLE] = folder
+    try:
+        yield
+    finally:
+        del os.environ[MULTIPROC_DIR_VARIABLE]
+        shutil.rmtree(folder, ignore_errors=True)
 
 
 async def _purge_expired(settings: Settings) -> dict[str, int]:
@@ -88,10 +117,7 @@ async def _purge_expired(settings: Settings) -> dict[str, int]:
 async def _send_mail(settings: Settings, once: bool) -> int:
     # Its log is what an operator sees of it: each mail sent or failed, and (with no
     # SMTP_HOST) the development mails themselves. The same format as `userapi serve`.
-    logging.basicConfig(
-        level=settings.log_level, format="%(asctime)s %(levelname)s %(name)s %(message)s"
-    )
-    logging.getLogger("alembic.runtime.migration").setLevel(logging.WARNING)
+    configure_logging(settings)
     load_slices()  # their mail preparers (kernel.mail.prepare_when_sent)
     database = Database(settings)
     sender = MailSender(database, settings)

@@ -78,6 +78,7 @@ class Caller:
 
 
 async def _caller(
+    request: Request,
     db: SessionDep,
     tokens: AccessTokensDep,
     token: Annotated[str | None, Depends(_bearer)],
@@ -110,6 +111,7 @@ async def _caller(
             raise Forbidden("You are no longer an administrator.")
 
     recheck_on_resume(db, still_authorized)
+    request.state.user_id = str(user.id)  # the request log's user_id
     return Caller(user=user, session=session)
 
 

@@ -246,7 +246,8 @@ _OUTAGE_SQLSTATE_CLASSES = ("08", "53", "55", "57")
 _SQLITE_OUTAGE_MESSAGES = ("database is locked", "unable to open", "disk i/o error")
 
 
-def _is_outage(error: Exception) -> bool:
+def is_outage(error: Exception) -> bool:
+    """Whether a database error means the database is not there for us (503)."""
     if isinstance(error, sa_exc.TimeoutError):
         return True  # no pooled connection came free in DB_TIMEOUT_SECONDS
     if not isinstance(error, sa_exc.DBAPIError):
@@ -264,7 +265,7 @@ def _is_outage(error: Exception) -> bool:
 
 async def _on_database_error(request: Request, error: Exception) -> Response:
     request_id = request.scope.get("state", {}).get("request_id", "-")
-    if not _is_outage(error):
+    if not is_outage(error):
         # A statement failed for a reason no client caused: a bug, logged, never shown.
         log.error("database error request_id=%s", request_id, exc_info=error)
         return problem_response(500, "internal_error", ProblemError.detail)

@@ -8,6 +8,7 @@ from argon2 import PasswordHasher, Type
 from argon2.exceptions import InvalidHashError, VerificationError, VerifyMismatchError
 
 from kernel.errors import ServerBusy
+from kernel.metrics import HashingGauges
 from kernel.settings import Settings
 
 _DUMMY_PASSWORD = "not a real password; timing only"  # noqa: S105 (hashed for timing only)
@@ -43,7 +44,7 @@ class PasswordHashing:
     on the event loop, one login would stall every other request.
     """
 
-    def __init__(self, settings: Settings) -> None:
+    def __init__(self, settings: Settings, gauges: HashingGauges | None = None) -> None:
         self._hasher = PasswordHasher(
             time_cost=settings.argon2_time_cost,
             memory_cost=settings.argon2_memory_kib,
@@ -53,21 +54,36 @@ class PasswordHashing:
         self._slots = anyio.CapacityLimiter(settings.hashing_slots)
         self._wait_seconds = settings.hash_wait_seconds
         self._dummy_hash = ""
+        self._gauges = gauges  # /metrics, when enabled
+        if gauges is not None:
+            gauges.slots.set(settings.hashing_slots)
 
     @asynccontextmanager
     async def slot(self) -> AsyncIterator[HashingSlot]:
         """Hold a slot, or answer 503 server_busy after HASH_WAIT_SECONDS without one."""
+        gauges = self._gauges
+        if gauges is not None:
+            gauges.waiting.inc()
         try:
             with anyio.fail_after(self._wait_seconds):
                 await self._slots.acquire()
         except TimeoutError:
+            if gauges is not None:
+                gauges.server_busy.inc()
             raise ServerBusy(
                 headers={"Retry-After": str(max(1, round(self._wait_seconds)))}
             ) from None
+        finally:
+            if gauges is not None:
+                gauges.waiting.dec()
+        if gauges is not None:
+            gauges.busy.inc()
         try:
             yield HashingSlot(self._hasher, self._dummy_hash)
         finally:
             self._slots.release()
+            if gauges is not None:
+                gauges.busy.dec()
 
     async def warm_up(self) -> None:
         """Prepare the hash that unknown-email logins verify against (equal timing)."""

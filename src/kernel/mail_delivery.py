@@ -24,7 +24,8 @@ from email.utils import format_datetime
 from typing import Protocol
 
 import aiosmtplib
-from sqlalchemy import ColumnElement, Select, delete, or_, select, update
+from prometheus_client import Counter
+from sqlalchemy import ColumnElement, Select, delete, func, or_, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlmodel import col
 
@@ -149,9 +150,14 @@ class MailSender:
     """Delivers due mails until stopped; one per process (app lifespan, `userapi send-mail`)."""
 
     def __init__(
-        self, database: Database, settings: Settings, backend: MailBackend | None = None
+        self,
+        database: Database,
+        settings: Settings,
+        backend: MailBackend | None = None,
+        attempts: Counter | None = None,
     ) -> None:
         self._database = database
+        self._attempts = attempts  # /metrics, by outcome
         self._settings = settings
         self._backend = backend or mail_backend(settings)
         self._preparation = MailPreparation(settings, EmailTokens(database, settings))
@@ -274,7 +280,9 @@ class MailSender:
 
     async def _record_outcome(self, claim: _Claim, error: str | None, permanent: bool) -> None:
         async with self._database.session() as session:
-            await _record(session, claim, error, permanent, self._settings)
+            outcome = await _record(session, claim, error, permanent, self._settings)
+        if self._attempts is not None:
+            self._attempts.labels(outcome).inc()
 
     async def _deliver(self, claim: _Claim) -> None:
         mail = claim.mail
@@ -320,7 +328,8 @@ def _due(now: datetime) -> Select[uuid.UUID]:
 
 async def _record(
     session: AsyncSession, claim: _Claim, error: str | None, permanent: bool, settings: Settings
-) -> None:
+) -> str:
+    """Record how the attempt went; "sent", "failed" (given up) or "retry"."""
     mail, now = claim.mail, utc_now()
     ours = (col(OutboxMail.id) == mail.id, col(OutboxMail.claimed_until) == claim.lease)
     if error is None:
@@ -346,6 +355,7 @@ async def _record(
             return
         outcome |= {"text_body": "", "html_body": ""}  # the links and codes go
     await session.execute(update(OutboxMail).where(*ours).values(claimed_until=None, **outcome))
+    return str(outcome.get("status", "retry"))
 
 
 @dataclass(frozen=True)
@@ -396,3 +406,16 @@ async def purge_old_mail(session: AsyncSession) -> int:
         )
     )
     return deleted_count(result)
+
+
+async def outbox_depth(session: AsyncSession) -> tuple[int, int, datetime | None]:
+    """Pending and failed mails, and when the oldest pending one was queued (/metrics)."""
+    rows = await session.execute(
+        select(col(OutboxMail.status), func.count(), func.min(col(OutboxMail.created_at)))
+        .where(col(OutboxMail.status).in_(("pending", "failed")))
+        .group_by(col(OutboxMail.status))
+    )
+    counts = {status: (count, oldest) for status, count, oldest in rows}
+    pending, oldest = counts.get("pending", (0, None))
+    failed, _ = counts.get("failed", (0, None))
+    return pending, failed, oldest

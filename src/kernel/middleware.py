@@ -23,6 +23,8 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from kernel.errors import InvalidInput, problem_response, render
 from kernel.media_types import is_json, media_type
+from kernel.metrics import UNMATCHED_ROUTE, Metrics
+from kernel.slices import route_template
 
 MAX_BODY_BYTES = 64 * 1024
 MAX_REQUEST_ID_LENGTH = 200
@@ -70,12 +72,42 @@ async def _internal_error(scope: Scope, receive: Receive, send: Send) -> None:
     await problem_response(500, "internal_error", detail)(scope, receive, send)
 
 
-class RequestContextMiddleware:
-    """Outermost: every response, CORS preflights and early refusals included, gets an id
-    and one access-log line."""
+def request_log_fields(scope: Scope, status: int | None, seconds: float) -> dict[str, Any]:
+    """The request log's fields, in this one place: the JSON object and the text line
+    show the same. Never a header or a query string, where tokens and codes travel."""
+    state = scope.get("state", {})
+    client = scope.get("client")
+    return {
+        "request_id": state.get("request_id", "-"),
+        "method": scope["method"],
+        "route": route_template(scope),
+        "path": log_path(scope),
+        "status": status,  # None: the client left before any response
+        "duration_ms": round(seconds * 1000, 1),
+        "user_id": state.get("user_id"),  # set by kernel.deps once a token is verified
+        "client_ip": client[0] if client else None,
+    }
 
-    def __init__(self, app: ASGIApp) -> None:
+
+def _log_request(fields: dict[str, Any]) -> None:
+    text = f"{fields['method']} {fields['path']} {fields['status'] or '-'} "
+    text += f"{fields['duration_ms']:.1f}ms"
+    if fields["user_id"]:
+        text += f" user_id={fields['user_id']}"
+    if fields["client_ip"]:
+        text += f" client={log_value(fields['client_ip'])}"
+    # Last, so that a quoted id cannot be read as the start of another field.
+    text += f" request_id={log_value(fields['request_id'])}"
+    log.info("%s", text, extra=fields)
+
+
+class RequestContextMiddleware:
+    """Outermost: every response, CORS preflights and early refusals included, gets an id,
+    one access-log line and, with METRICS_ENABLED, one histogram observation."""
+
+    def __init__(self, app: ASGIApp, metrics: Metrics | None = None) -> None:
         self.app = app
+        self.metrics = metrics
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -84,7 +116,7 @@ class RequestContextMiddleware:
         started = time.perf_counter()
         request_id = request_id_for(Headers(scope=scope))
         scope.setdefault("state", {})["request_id"] = request_id
-        status: int | str = "-"  # stays "-" if the client left before any response
+        status: int | None = None  # stays None if the client left before any response
         response_started = False
 
         async def send_with_id(message: Message) -> None:
@@ -105,14 +137,16 @@ class RequestContextMiddleware:
             else:
                 log.exception("unhandled error request_id=%s", log_value(request_id))
         finally:
-            log.info(
-                "%s %s %s %.1fms request_id=%s",
-                scope["method"],
-                log_path(scope),
-                status,
-                (time.perf_counter() - started) * 1000,
-                log_value(request_id),
-            )
+            seconds = time.perf_counter() - started
+            fields = request_log_fields(scope, status, seconds)
+            _log_request(fields)
+            if self.metrics is not None:
+                self.metrics.observe_request(
+                    fields["method"],
+                    fields["route"] or UNMATCHED_ROUTE,
+                    str(status) if status else "none",
+                    seconds,
+                )
 
 
 class ProblemCORSMiddleware(CORSMiddleware):

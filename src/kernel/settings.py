@@ -69,6 +69,11 @@ class Settings(BaseSettings):
     db_pool_size: int = Field(default=10, ge=1, le=200)
     db_timeout_seconds: float = Field(default=5.0, gt=0, le=120)
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+    # Unset: json in production (one object per line, for a log collector), else text.
+    log_format: Literal["json", "text"] | None = None
+    # /metrics (Prometheus) exists only when enabled; with a token, only for its bearer.
+    metrics_enabled: bool = False
+    metrics_token: str = Field(default="", repr=False)
 
     # --- mail (kernel.mail) ---
     # Unset: smtp when SMTP_HOST is set, else the development backend (log + .eml files).
@@ -185,6 +190,10 @@ class Settings(BaseSettings):
             return cpus
         by_memory = total_kib // 4 // self.argon2_memory_kib // self.web_concurrency
         return max(1, min(cpus, by_memory))
+
+    @property
+    def resolved_log_format(self) -> Literal["json", "text"]:
+        return self.log_format or ("json" if self.env == "production" else "text")
 
     @property
     def resolved_mail_backend(self) -> Literal["smtp", "log"]:

@@ -14,10 +14,12 @@ import importlib
 import re
 from pathlib import Path
 from types import ModuleType
+from typing import Any
 
 from fastapi import APIRouter, FastAPI, Request
 from fastapi.routing import APIRoute
-from starlette.routing import compile_path
+from starlette.routing import Route, compile_path
+from starlette.types import Scope
 
 import features
 from kernel.errors import MethodNotAllowed
@@ -134,7 +136,12 @@ def mounted_routers(module: ModuleType) -> list[tuple[str, APIRouter]]:
 
 def mount_slices(app: FastAPI) -> None:
     claims = _Claims()
+    # The path template of every route, by its endpoint (what the router leaves in the
+    # request's scope): the request log and the metrics name a route by its template.
+    templates: dict[Any, str] = {}
     for route in app.router.routes:
+        if isinstance(route, Route):
+            templates[route.endpoint] = route.path
         if isinstance(route, APIRoute):
             claims.add(frozenset(route.methods or ()), route.path, route.unique_id, "the kernel")
     for module in load_slices():
@@ -148,11 +155,22 @@ def mount_slices(app: FastAPI) -> None:
                     claims.add(
                         frozenset(route.methods or ()), prefix + route.path, operation_id, owner
                     )
+                    templates.setdefault(route.endpoint, prefix + route.path)
             app.include_router(router, prefix=prefix)
     # Which methods each path takes: a 405 must list all of them in Allow, and two
     # slices may share a path (GET and PATCH /users/me).
     app.state.slice_methods = claims.methods_by_path()
     app.state.literal_paths = claims.literal_paths()
+    app.state.route_templates = templates
+
+
+def route_template(scope: Scope) -> str | None:
+    """The template of the route that answered ("/api/v1/users/{user_id}"), or None
+    when none matched; never the path as sent, which holds ids."""
+    app = scope.get("app")
+    templates = getattr(getattr(app, "state", None), "route_templates", None) or {}
+    template: str | None = templates.get(scope.get("endpoint"))
+    return template
 
 
 async def refuse_methods_a_literal_path_lacks(request: Request) -> None:
