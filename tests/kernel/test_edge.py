@@ -8,7 +8,9 @@ The server's database plays no part before a request reaches the app: these run 
 import asyncio
 import contextlib
 import json
+import select
 import shutil
+import socket
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -70,7 +72,7 @@ class Connection:
             async with asyncio.timeout(within):
                 while chunk := await self.reader.read(65536):
                     received += chunk
-        except ConnectionResetError:
+        except (ConnectionResetError, BrokenPipeError):
             pass  # closed all the same
         except TimeoutError:
             raise AssertionError(
@@ -211,20 +213,36 @@ async def test_a_head_over_16_kib_is_refused_431_before_it_is_complete(
         assert_edge_problem(await unfinished.until_closed(), 431, "headers_too_large")
 
 
+def send_until_answered(port: int, start: bytes, chunk: bytes, total: int) -> tuple[int, bytes]:
+    """Send `start`, then `chunk` after `chunk` until `total` bytes are sent or the server
+    answers; the bytes sent, and all that the server sent until it closed.
+
+    A plain blocking socket, in a thread: before each chunk it asks whether an answer came,
+    and what the server sent stays readable even after the server resets the connection.
+    """
+    with socket.create_connection(("127.0.0.1", port), timeout=ANSWER_WITHIN) as attack:
+        attack.sendall(start)
+        sent = 0
+        with contextlib.suppress(ConnectionResetError, BrokenPipeError):
+            while sent < total and not select.select([attack], [], [], 0)[0]:
+                attack.sendall(chunk)
+                sent += len(chunk)
+        received = b""
+        with contextlib.suppress(ConnectionResetError):
+            while data := attack.recv(65536):
+                received += data
+        return sent, received
+
+
 async def test_an_8_mib_header_is_refused_while_the_client_is_still_sending_it(
     sqlite_url: str, tmp_path: Path
 ) -> None:
     async with serving(sqlite_url, tmp_path, {"HEADER_TIMEOUT_SECONDS": LONG}) as server:
-        attack = await Connection.open(server)
-        chunk, total = b"a" * 65536, 8 << 20
-        await attack.send(b"GET /health HTTP/1.1\r\nHost: test\r\nX-Big: ")
-        reading = asyncio.create_task(attack.until_closed())
-        sent = 0
-        with contextlib.suppress(ConnectionResetError, BrokenPipeError):
-            while sent < total and not reading.done():
-                await attack.send(chunk)
-                sent += len(chunk)
-        assert_edge_problem(await reading, 431, "headers_too_large")
+        start, total = b"GET /health HTTP/1.1\r\nHost: test\r\nX-Big: ", 8 << 20
+        sent, answer = await asyncio.to_thread(
+            send_until_answered, server.port, start, b"a" * 65536, total
+        )
+        assert_edge_problem(answer, 431, "headers_too_large")
         assert sent < total, "the server answered only once the whole header was sent"
         async with httpx.AsyncClient(base_url=server.base_url, timeout=ANSWER_WITHIN) as client:
             assert (await client.get("/health")).status_code == 200
