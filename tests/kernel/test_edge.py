@@ -313,3 +313,34 @@ async def test_past_the_cap_with_every_connection_busy_new_ones_get_503(
                     return False
 
             await wait_until(healthy, within=ANSWER_WITHIN, what="/health once the load is gone")
+
+
+async def test_at_the_cap_connections_that_never_sent_a_request_are_closed_first(
+    sqlite_url: str, tmp_path: Path
+) -> None:
+    cap, silent_count = 10, 30
+    env = {
+        "MAX_CONNECTIONS": str(cap),
+        "HEADER_TIMEOUT_SECONDS": LONG,
+        "KEEP_ALIVE_TIMEOUT_SECONDS": LONG,
+    }
+    async with serving(sqlite_url, tmp_path, env) as server:
+        kept_alive = await Connection.open(server)
+        await kept_alive.send(HEALTH)
+        assert (await kept_alive.response())[0] == 200
+        silent = [await Connection.open(server) for _ in range(silent_count)]
+        closed = [asyncio.create_task(connection.until_closed(within=60)) for connection in silent]
+        try:
+            await wait_until(
+                lambda: sum(task.done() for task in closed) >= silent_count - (cap - 1),
+                within=ANSWER_WITHIN,
+                what="the server closing the silent connections past the cap",
+            )
+            # The oldest connection of all, but it has been serving requests: it stays.
+            await kept_alive.send(HEALTH)
+            assert (await kept_alive.response())[0] == 200
+        finally:
+            for task in closed:
+                task.cancel()
+            for connection in silent:
+                connection.close()
