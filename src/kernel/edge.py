@@ -10,11 +10,12 @@ head of any size. EdgeProtocol (`userapi serve` passes it to uvicorn) adds:
 - BODY_TIMEOUT_SECONDS: once the head is in, the whole body must be within it.
 - A head (request line and header fields) over MAX_HEAD_BYTES: 431 as soon as the buffered,
   still incomplete head passes the limit; the rest is never parsed.
-- The connection cap (MAX_CONNECTIONS) per process. Past it a new connection first evicts
-  the oldest connection waiting for a head: one that never sent a request before one
-  idling between requests. Those cost their clients nothing to reopen, and they are what an
-  attacker who holds connections holds, so /health and every real request still get in.
-  Only when every connection is mid-request is the new one shed: a 503, then closed.
+- The connection cap (MAX_CONNECTIONS) per process. Past it a new connection first closes
+  one already refused and lingering, else the oldest connection waiting for a head: one
+  that never sent a request before one idling between requests. Those cost their clients
+  nothing to reopen, and they are what an attacker who holds connections holds, so /health
+  and every real request still get in. Only when every connection is mid-request is the
+  new one shed: a 503, then closed.
 - problem+json for the server's own answers (400, 408, 431, 501, 503), with X-Request-ID.
 
 Why not uvicorn's `limit_concurrency`: it answers 503 to every request once the open
@@ -107,27 +108,28 @@ class _HeadLimitedConnection(h11.Connection):
 
 
 class _Census:
-    """This process's open connections, and those waiting for a head, oldest first.
+    """This process's open connections, and those the cap may close, oldest first.
 
     One per process: uvicorn runs one server in each (worker) process.
     """
 
     def __init__(self) -> None:
         self.open = 0
-        self.fresh: dict[EdgeProtocol, None] = {}  # no request yet
-        self.idle: dict[EdgeProtocol, None] = {}  # between two requests
+        self.lingering: dict[EdgeProtocol, None] = {}  # refused, already answered
+        self.fresh: dict[EdgeProtocol, None] = {}  # waiting for a first request
+        self.idle: dict[EdgeProtocol, None] = {}  # waiting between two requests
         self.evicted = self.shed = 0
         self.reported_at = 0.0
 
-    def oldest_waiting(self) -> "EdgeProtocol | None":
-        for waiting in (self.fresh, self.idle):
-            if waiting:
-                return next(iter(waiting))
+    def first_to_close(self) -> "EdgeProtocol | None":
+        for group in (self.lingering, self.fresh, self.idle):
+            if group:
+                return next(iter(group))
         return None
 
     def forget(self, connection: "EdgeProtocol") -> None:
-        self.fresh.pop(connection, None)
-        self.idle.pop(connection, None)
+        for group in (self.lingering, self.fresh, self.idle):
+            group.pop(connection, None)
 
     def report(self, cap: int) -> None:
         """One warning per interval at most: a flood must not become a flood of log lines."""
@@ -173,7 +175,7 @@ class EdgeProtocol(H11Protocol):
         _census.open += 1
         self.counted = True
         if _census.open > self.limits.max_connections:
-            victim = _census.oldest_waiting()
+            victim = _census.first_to_close()
             if victim is None:
                 self._shed()
                 return
@@ -258,14 +260,16 @@ class EdgeProtocol(H11Protocol):
         self._stop()
         cycle = self.cycle
         if cycle is not None and cycle.response_started and not cycle.response_complete:
-            self.transport.close()
+            self._close()
             return
         self.transport.write(self._raw(answer))
         if not self.transport.can_write_eof():  # TLS: no half-close
-            self.transport.close()
+            self._close()
             return
         self.transport.write_eof()
         self.transport.resume_reading()  # reads now only to drop what arrives
+        # Still counted (it holds a descriptor), and the first the cap closes.
+        _census.lingering[self] = None
         self.deadline = self.loop.call_later(LINGER_SECONDS, self._close)
 
     def _evict(self) -> None:
@@ -276,19 +280,18 @@ class EdgeProtocol(H11Protocol):
     def _shed(self) -> None:
         _census.shed += 1
         _census.report(self.limits.max_connections)
-        self._stop()
         busy = ServerBusy("Too many connections; retry shortly.", headers={"Retry-After": "1"})
         # Closed at once, without lingering: under a flood a lingering refusal would hold
         # the very descriptors the cap protects. Not logged one by one, for the same reason.
         self.transport.write(self._raw(render(busy), logged=False))
-        self.transport.close()
+        self._close()
 
     def _stop(self) -> None:
         """Nothing more is parsed or timed, and the app's answer, if any, goes nowhere."""
         self.phase = "closing"
         self._cancel_deadline()
         self._unset_keepalive_if_required()
-        self._leave_census()
+        _census.forget(self)
         cycle = self.cycle
         if cycle is not None and not cycle.response_complete:
             cycle.disconnected = True
@@ -296,12 +299,13 @@ class EdgeProtocol(H11Protocol):
 
     def _close(self) -> None:
         self._stop()
+        self._leave_census()  # now, not when the loop reports it: the next accept counts
         self.transport.close()
 
     def _drop(self, data: bytes) -> None:
         self.dropped_bytes += len(data)
         if self.dropped_bytes > LINGER_MAX_BYTES:
-            self.transport.close()
+            self._close()
 
     def _leave_census(self) -> None:
         _census.forget(self)
