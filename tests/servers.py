@@ -9,11 +9,12 @@ the test itself while a server runs carries the tail of that log.
 import asyncio
 import contextlib
 import os
+import resource
 import signal
 import socket
 import sys
 import uuid
-from collections.abc import AsyncIterator, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from contextlib import AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -221,8 +222,22 @@ def _new_log(workdir: Path) -> Path:
     raise ProcessError(f"no free userapi-serve-N.log name left in {workdir}")
 
 
+def _open_files_limit(limit: int) -> Callable[[], None]:
+    """Run in the child before it starts: its soft `ulimit -n` becomes `limit`."""
+
+    def apply() -> None:
+        _, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+        resource.setrlimit(resource.RLIMIT_NOFILE, (limit, hard))
+
+    return apply
+
+
 async def _spawn(
-    workdir: Path, env: Mapping[str, str], port: int, args: Sequence[str] = ()
+    workdir: Path,
+    env: Mapping[str, str],
+    port: int,
+    args: Sequence[str] = (),
+    open_files: int | None = None,
 ) -> Server:
     log_path = _new_log(workdir)
     with log_path.open("wb") as log:  # the child keeps its own copy of the descriptor
@@ -238,6 +253,7 @@ async def _spawn(
             stdout=log,
             stderr=asyncio.subprocess.STDOUT,
             start_new_session=True,  # a process group of its own, workers included (_stop)
+            preexec_fn=_open_files_limit(open_files) if open_files else None,
         )
     return Server(process, f"http://127.0.0.1:{port}", log_path)
 
@@ -252,14 +268,20 @@ async def _stop(server: Server) -> None:
 
 @asynccontextmanager
 async def serving_process(
-    workdir: Path, env: Mapping[str, str], *, port: int | None = None, args: Sequence[str] = ()
+    workdir: Path,
+    env: Mapping[str, str],
+    *,
+    port: int | None = None,
+    args: Sequence[str] = (),
+    open_files: int | None = None,
 ) -> AsyncIterator[Server]:
     """`userapi serve [ARGS]` with exactly this environment, healthy; killed and reaped
     however the test ends. Its output is in `server.log_path`, and in the report of any
-    failure."""
+    failure. `open_files`: the process's `ulimit -n`, for tests of running out of
+    descriptors."""
     logs_requests = env.get("LOG_LEVEL", "INFO").upper() in {"INFO", "DEBUG"}
     for attempt in range(1, PORT_ATTEMPTS + 1):
-        server = await _spawn(workdir, env, port or free_port(), args)
+        server = await _spawn(workdir, env, port or free_port(), args, open_files)
         try:
             await _wait_healthy(server, logs_requests=logs_requests)
             break
@@ -287,10 +309,15 @@ async def running_server(
     port: int | None = None,
     env: Mapping[str, str] | None = None,
     args: Sequence[str] = (),
+    open_files: int | None = None,
 ) -> AsyncIterator[Server]:
     """`userapi serve [ARGS]` on the test database (see server_env), on a free port."""
     async with serving_process(
-        workdir, server_env(database_url, **(env or {})), port=port, args=args
+        workdir,
+        server_env(database_url, **(env or {})),
+        port=port,
+        args=args,
+        open_files=open_files,
     ) as server:
         yield server
 

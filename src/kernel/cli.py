@@ -20,6 +20,7 @@ from pydantic import TypeAdapter, ValidationError
 
 from kernel import migrations
 from kernel.db import Database
+from kernel.edge import EdgeProtocol
 from kernel.email_tokens import purge_spent_email_tokens
 from kernel.errors import EmailTaken, InvalidInput, ProblemError
 from kernel.events import EventType, purge_old_events, record_event
@@ -70,6 +71,16 @@ def _serve(args: argparse.Namespace, settings: Settings) -> None:
             host=args.host,
             port=args.port,
             workers=args.workers,
+            # The limits a hostile connection meets before the app sees a request
+            # (kernel.edge).
+            http=EdgeProtocol,
+            timeout_keep_alive=settings.keep_alive_timeout_seconds,
+            backlog=settings.listen_backlog,
+            # No route speaks WebSocket, and an upgraded connection would leave EdgeProtocol.
+            ws="none",
+            server_header=False,  # no response names the software it runs on
+            # Kept: RFC 9110 6.6.1 asks an origin server with a clock for Date; it names nothing.
+            date_header=True,
             proxy_headers=True,
             timeout_graceful_shutdown=30,
             access_log=False,  # our middleware logs each request with its request id

@@ -129,6 +129,14 @@ class ServerBusy(ProblemError):
     status, code, detail = 503, "server_busy", "The server is busy; retry shortly."
 
 
+class RequestTimeout(ProblemError):
+    status, code, detail = 408, "request_timeout", "The request did not arrive in time."
+
+
+class HeadersTooLarge(ProblemError):
+    status, code, detail = 431, "headers_too_large", "The request headers are too large."
+
+
 class DatabaseUnavailable(ProblemError):
     status, code, detail = 503, "database_unavailable", "The database is unavailable."
 
@@ -136,7 +144,7 @@ class DatabaseUnavailable(ProblemError):
 RETRY_AFTER_OUTAGE = {"Retry-After": "5"}
 
 
-# Codes for errors raised by the framework itself rather than by a slice.
+# Codes for errors raised by the framework (or the HTTP server) itself rather than by a slice.
 _FRAMEWORK_CODES = {
     400: "bad_request",
     401: "not_authenticated",
@@ -148,7 +156,13 @@ _FRAMEWORK_CODES = {
     415: "unsupported_media_type",
     422: "validation_error",
     429: "too_many_requests",
+    501: "not_implemented",
 }
+
+
+def framework_code(status: int) -> str:
+    """The stable code of an error status the framework or the server answers by itself."""
+    return _FRAMEWORK_CODES.get(status, "http_error")
 
 
 def problem_response(
@@ -222,7 +236,7 @@ def _allowed_methods(request: Request, first_match: str) -> str:
 async def _on_http(request: Request, error: Exception) -> Response:
     assert isinstance(error, StarletteHTTPException)
     status = error.status_code
-    code = _FRAMEWORK_CODES.get(status, "http_error")
+    code = framework_code(status)
     detail = error.detail if isinstance(error.detail, str) else HTTPStatus(status).description
     headers = dict(error.headers or {})
     if status == 405:

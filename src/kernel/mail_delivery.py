@@ -303,7 +303,9 @@ class MailSender:
             error = f"{type(failure).__name__}: {failure}"
         await self._record_outcome(claim, error, permanent)
         if error is None:
-            log.info("mail %s (%s) sent to %s", mail.id, mail.kind, mail.to_address)
+            # A mail whose address must not outlive it (an erasure's notice) is not logged.
+            to = "an address not logged" if mail.forget_when_done else mail.to_address
+            log.info("mail %s (%s) sent to %s", mail.id, mail.kind, to)
         else:
             log.warning(
                 "mail %s (%s) attempt %d failed: %s", mail.id, mail.kind, mail.attempts, error
@@ -352,7 +354,7 @@ async def _record(
     if outcome.get("status") in ("sent", "failed"):
         if mail.forget_when_done:
             await session.execute(delete(OutboxMail).where(*ours))
-            return
+            return str(outcome["status"])
         outcome |= {"text_body": "", "html_body": ""}  # the links and codes go
     await session.execute(update(OutboxMail).where(*ours).values(claimed_until=None, **outcome))
     return str(outcome.get("status", "retry"))

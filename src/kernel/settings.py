@@ -1,6 +1,7 @@
 """One Settings object, read from the environment and `.env`, validated once at start-up."""
 
 import os
+import resource
 import secrets
 from functools import cached_property
 from pathlib import Path
@@ -13,10 +14,21 @@ from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 OWASP_MIN_MEMORY_KIB = 19 * 1024
 OWASP_MIN_TIME_COST = 2
 MIN_SECRET_LENGTH = 32
+# Descriptors a process needs besides its client connections: the database pool, log and
+# SQLite files, SMTP, the event loop's own. The connection cap leaves at least this free.
+FD_RESERVE = 64
+MAX_DEFAULT_CONNECTIONS = 4096
+MAX_LISTEN_BACKLOG = 2048
 
 
 class SettingsError(SystemExit):
     """A bad setting: stops start-up with one line per bad value, never a traceback."""
+
+
+def open_files_limit() -> int:
+    """This process's soft RLIMIT_NOFILE (`ulimit -n`): the descriptors it may hold."""
+    soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
+    return 1 << 20 if soft == resource.RLIM_INFINITY else soft
 
 
 def _total_memory_kib() -> int | None:
@@ -74,6 +86,16 @@ class Settings(BaseSettings):
     # /metrics (Prometheus) exists only when enabled; with a token, only for its bearer.
     metrics_enabled: bool = False
     metrics_token: str = Field(default="", repr=False)
+
+    # --- the edge (kernel.edge): what one connection may hold before the app sees a request ---
+    # A request head must be complete this long after the connection opens or its previous
+    # response ends; its body this long after the head.
+    header_timeout_seconds: float = Field(default=10.0, gt=0, le=300)
+    body_timeout_seconds: float = Field(default=15.0, gt=0, le=600)
+    # uvicorn's timeout_keep_alive: an idle kept-alive connection that sends no byte.
+    keep_alive_timeout_seconds: int = Field(default=5, ge=1, le=300)
+    # Open client connections per process. Unset: half of `ulimit -n`, at most 4096.
+    max_connections: int | None = Field(default=None, ge=1, le=10_000_000)
 
     # --- mail (kernel.mail) ---
     # Unset: smtp when SMTP_HOST is set, else the development backend (log + .eml files).
@@ -174,6 +196,31 @@ class Settings(BaseSettings):
         if self.argon2_time_cost < OWASP_MIN_TIME_COST:
             raise ValueError(f"ARGON2_TIME_COST: below OWASP's minimum {OWASP_MIN_TIME_COST}")
         return self
+
+    @model_validator(mode="after")
+    def _connections_fit_descriptors(self) -> "Settings":
+        room = open_files_limit() - self.listen_backlog - FD_RESERVE
+        if self.max_connections is not None and self.max_connections > room:
+            raise ValueError(
+                f"MAX_CONNECTIONS: {self.max_connections} connections do not fit in this "
+                f"process's open-file limit of {open_files_limit()} (ulimit -n): at most {room}"
+            )
+        return self
+
+    @property
+    def listen_backlog(self) -> int:
+        """Connections the kernel queues for accept(). The event loop accepts a whole queue
+        at once, before the connection cap can act, so the queue must fit in what the cap
+        leaves free: a quarter of `ulimit -n`, at most uvicorn's default 2048."""
+        return max(16, min(MAX_LISTEN_BACKLOG, open_files_limit() // 4))
+
+    @property
+    def connection_cap(self) -> int:
+        """Open client connections one process keeps (kernel.edge sheds the rest): the
+        cap, the accept queue and FD_RESERVE together stay under `ulimit -n`."""
+        if self.max_connections is not None:
+            return self.max_connections
+        return max(1, min(MAX_DEFAULT_CONNECTIONS, open_files_limit() // 2))
 
     @cached_property
     def hashing_slots(self) -> int:

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from kernel.settings import Settings, SettingsError, load_settings
+from kernel.settings import FD_RESERVE, Settings, SettingsError, load_settings, open_files_limit
 from tests.conftest import make_settings
 from tests.factories import TEST_SECRET, assert_problem, make_user, serving
 from tests.servers import cli_env, run_cli
@@ -23,6 +23,16 @@ def settings_error(**overrides: object) -> str:
 
 
 # --- bad values -------------------------------------------------------------------------
+
+
+def test_a_connection_cap_that_does_not_fit_under_ulimit_is_refused() -> None:
+    fits = open_files_limit() - load_settings().listen_backlog - FD_RESERVE
+
+    message = settings_error(max_connections=fits + 1)
+
+    assert "MAX_CONNECTIONS" in message
+    assert f"at most {fits}" in message
+    assert load_settings(max_connections=fits).connection_cap == fits
 
 
 def test_bad_value_as_an_override_names_the_setting() -> None:
