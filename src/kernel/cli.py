@@ -65,7 +65,10 @@ def _serve(args: argparse.Namespace, settings: Settings) -> None:
         host=args.host,
         port=args.port,
         workers=args.workers,
-        proxy_headers=True,
+        # X-Forwarded-For and -Proto are the app's to read (kernel.client_ip), from
+        # TRUSTED_PROXIES only; uvicorn's own handling would trust loopback and apply
+        # the headers a second time.
+        proxy_headers=False,
         timeout_graceful_shutdown=30,
         access_log=False,  # our middleware logs each request with its request id
     )

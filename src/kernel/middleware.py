@@ -105,12 +105,15 @@ class RequestContextMiddleware:
             else:
                 log.exception("unhandled error request_id=%s", log_value(request_id))
         finally:
+            client = scope.get("client")
             log.info(
-                "%s %s %s %.1fms request_id=%s",
+                "%s %s %s %.1fms client=%s request_id=%s",
                 scope["method"],
                 log_path(scope),
                 status,
                 (time.perf_counter() - started) * 1000,
+                # As kernel.client_ip resolved it: an address, never raw header text.
+                log_value(client[0]) if client else "-",
                 log_value(request_id),
             )
 
