@@ -51,6 +51,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     schema_head = head_revision()
     keyring = Keyring(settings)
     mail_sender = MailSender(database, settings) if settings.mail_sender_enabled else None
+    rate_limit = PerIPRateLimit(database, settings)
 
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
@@ -64,6 +65,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         if mail_sender is not None:
             await mail_sender.stop()
         await keyring.stop()
+        await rate_limit.close()
         await database.dispose()
 
     app = FastAPI(
@@ -90,7 +92,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.refresh_tokens = RefreshTokens(settings)
     app.state.email_tokens = EmailTokens(database, settings)
     app.state.send_limits = SendLimits(settings)
-    app.state.rate_limit = PerIPRateLimit(database, settings)
+    app.state.rate_limit = rate_limit
 
     # Each add_middleware wraps the ones before it: the body guard is innermost, so its
     # early 413/422/500 answers still get CORS headers; the request id is outermost but

@@ -70,6 +70,8 @@ class Settings(BaseSettings):
     cors_origins: Annotated[list[str], NoDecode] = Field(default_factory=list)
     # Per client IP, over register, login, refresh and the email routes, all processes.
     rate_limit_per_ip: Annotated[RequestRate, NoDecode] = RequestRate(60, 60)
+    # Where those counts live: empty, the database; else this Redis (kernel.rate_limits).
+    redis_url: str = Field(default="", repr=False)
     # Proxies whose X-Forwarded-For is believed (kernel.client_ip); empty: none.
     trusted_proxies: Annotated[tuple[IPNetwork, ...], NoDecode] = ()
     auto_migrate: bool = True
@@ -144,6 +146,13 @@ class Settings(BaseSettings):
     @classmethod
     def _parse_proxies(cls, value: object) -> object:
         return parse_trusted_proxies(value) if isinstance(value, str) else value
+
+    @field_validator("redis_url")
+    @classmethod
+    def _redis_scheme(cls, url: str) -> str:
+        if url and not url.startswith(("redis://", "rediss://", "unix://")):
+            raise ValueError("must start with redis://, rediss:// or unix://")
+        return url
 
     @field_validator("database_url")
     @classmethod
