@@ -18,13 +18,13 @@ from typing import Any
 
 from fastapi import APIRouter
 from fastapi.responses import JSONResponse
-from sqlalchemy import Column, Table, or_, select
+from sqlalchemy import Column, or_, select
 
-from kernel.db import SessionDep, metadata, utc_now
+from kernel.db import SessionDep, utc_now
 from kernel.deps import CurrentUser
+from kernel.users import tables_naming_users
 
 router = APIRouter(tags=["users"])
-USERS = "users"
 
 
 def _exported(column: Column[Any]) -> bool:
@@ -40,19 +40,6 @@ def _json_value(value: Any) -> Any:
     return value
 
 
-def tables_about_users() -> list[tuple[Table, list[Column[Any]]]]:
-    """Each table holding users' data, with the columns that name the user."""
-    found = []
-    for table in metadata.sorted_tables:
-        if table.name == USERS:
-            found.append((table, [table.c.id]))
-            continue
-        naming = [fk.parent for fk in table.foreign_keys if fk.column.table.name == USERS]
-        if naming:
-            found.append((table, naming))
-    return found
-
-
 @router.get(
     "/users/me/export",
     response_class=JSONResponse,
@@ -62,7 +49,7 @@ async def export_my_data_route(user: CurrentUser, db: SessionDep) -> JSONRespons
     """Download everything stored about you (never a hash, token or secret)."""
     document: dict[str, Any] = {"exported_at": _json_value(utc_now()), "user_id": str(user.id)}
     tables: dict[str, list[dict[str, Any]]] = {}
-    for table, naming in tables_about_users():
+    for table, naming in tables_naming_users():
         columns = [column for column in table.columns if _exported(column)]
         rows = await db.execute(
             select(*columns).where(or_(*(column == user.id for column in naming)))

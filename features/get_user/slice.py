@@ -12,13 +12,13 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from kernel.db import SessionDep
 from kernel.deps import CurrentUser, may_manage
 from kernel.errors import UserNotFound, problem_responses
-from kernel.users import PrivateUser, PublicUser, User, private_view_with_etag
+from kernel.users import PrivateUser, PublicUser, User, find_user, private_view_with_etag
 
 router = APIRouter(tags=["users"])
 
 
 async def get_user(session: AsyncSession, viewer: User, user_id: uuid.UUID) -> User:
-    user = viewer if user_id == viewer.id else await session.get(User, user_id)
+    user = viewer if user_id == viewer.id else await find_user(session, user_id)
     # Deactivated accounts are hidden from everyone who may not manage them.
     if user is None or not (user.is_active or may_manage(viewer, user_id)):
         raise UserNotFound()

@@ -21,7 +21,7 @@ from kernel.deps import AdminUser, SettingsDep
 from kernel.errors import Forbidden, problem_responses
 from kernel.fields import SafeText
 from kernel.pages import CURSOR_SCHEMA, CursorCodec, InvalidCursor, after
-from kernel.users import PrivateUser, User
+from kernel.users import PrivateUser, User, not_erased
 
 router = APIRouter(tags=["users"])
 
@@ -67,6 +67,7 @@ def _escape_like(text: str) -> str:
 
 
 def _filtered(query: Select[Any], q: str | None, is_active: bool | None) -> Select[Any]:
+    query = query.where(not_erased())
     if q:
         # search_key holds email and names case-folded by the kernel; fold q the same way.
         pattern = f"%{_escape_like(q.casefold())}%"

@@ -52,7 +52,7 @@ from kernel.sessions import (
 )
 from kernel.settings import Settings
 from kernel.tokens import AccessTokens
-from kernel.users import User
+from kernel.users import User, find_user_by_email
 
 router = APIRouter(tags=["auth"])
 FORM_MEDIA_TYPES = ("application/x-www-form-urlencoded", "multipart/form-data")
@@ -170,7 +170,7 @@ async def login(
     credentials: Credentials,
     device: Device,
 ) -> TokenPair:
-    user = await session.scalar(select(User).where(col(User.email) == credentials.email))
+    user = await find_user_by_email(session, credentials.email)
     checked_hash = user.password_hash if user else None
     email = credentials.email
     try:
@@ -192,6 +192,10 @@ async def login(
         raise InvalidCredentials()
     assert user is not None  # a password only matches an existing account's hash
     await session.refresh(user)  # it may have changed while no transaction was open
+    if user.erased_at is not None:
+        # Erased while we were checking: now an address no account has.
+        _refused(session, failed, email=email, user=None, device=device, reason="unknown_email")
+        raise InvalidCredentials()
     if not user.is_active:
         _refused(session, failed, email=email, user=user, device=device, reason="account_inactive")
         raise AccountInactive()

@@ -16,9 +16,7 @@ the address verified (the mail reached it) and queues the "password changed" not
 from pathlib import Path
 
 from fastapi import APIRouter, Response
-from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
-from sqlmodel import col
 
 from kernel.account_mail import link, queue_password_changed
 from kernel.db import SessionDep, outside_transaction
@@ -47,7 +45,7 @@ from kernel.mail import (
 from kernel.passwords import Password, check_new_password
 from kernel.send_limits import TooManyRequests
 from kernel.sessions import end_sessions
-from kernel.users import User
+from kernel.users import find_user_by_email
 
 router = APIRouter(tags=["auth"])
 MAIL_TEMPLATES = Path(__file__).parent / "mail"
@@ -88,7 +86,7 @@ async def prepare_reset_mail(
     session: AsyncSession, mail: OutboxMail, preparation: MailPreparation
 ) -> PreparedMail | None:
     """In the sender: the reset mail for a known, active account; None for any other."""
-    user = await session.scalar(select(User).where(col(User.email) == mail.to_address))
+    user = await find_user_by_email(session, mail.to_address)
     if user is None or not user.is_active:
         return None
     secret = await preparation.email_tokens.issue(session, user, "password_reset")

@@ -14,8 +14,6 @@ from typing import NoReturn
 
 import uvicorn
 from pydantic import TypeAdapter, ValidationError
-from sqlalchemy import select
-from sqlmodel import col
 
 from kernel import migrations
 from kernel.db import Database
@@ -31,7 +29,7 @@ from kernel.sessions import purge_expired_sessions
 from kernel.settings import Settings, load_settings
 from kernel.signing_keys import SigningKey, listed, rotate
 from kernel.slices import load_slices
-from kernel.users import Registration, User, create_user
+from kernel.users import Registration, User, create_user, find_user_by_email
 
 SCAFFOLD = Path(__file__).resolve().parent / "scaffold"
 _SLICE_NAME = re.compile(r"^[a-z][a-z0-9_]{0,62}$")
@@ -205,7 +203,7 @@ async def _promote(settings: Settings, email: str) -> User:
     database = Database(settings)
     try:
         async with database.session() as session:
-            user = await session.scalar(select(User).where(col(User.email) == email))
+            user = await find_user_by_email(session, email)
             if user is None:
                 raise CommandError(f"no account is registered as {email}")
             if not user.is_superuser:

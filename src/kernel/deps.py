@@ -27,7 +27,7 @@ from kernel.sessions import RefreshTokens, Session, token_speaks_for
 from kernel.settings import Settings
 from kernel.slices import LOGIN_PATH
 from kernel.tokens import AccessTokens
-from kernel.users import User
+from kernel.users import User, find_user
 
 # auto_error=False: a missing token is our own 401 problem, not FastAPI's {"detail"}.
 _bearer = OAuth2PasswordBearer(tokenUrl=LOGIN_PATH, auto_error=False)
@@ -151,7 +151,7 @@ async def _target_user(
         raise Forbidden("Only administrators may act on other users.")
     if user_id == caller.id:
         return caller
-    user = await db.get(User, user_id)
+    user = await find_user(db, user_id)
     if user is None:
         raise UserNotFound()
     return user
@@ -160,7 +160,7 @@ async def _target_user(
 async def _administered_user(
     user_id: uuid.UUID, _: Annotated[User, Depends(_admin_user)], db: SessionDep
 ) -> User:
-    user = await db.get(User, user_id)
+    user = await find_user(db, user_id)
     if user is None:
         raise UserNotFound()
     return user

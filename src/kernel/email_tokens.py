@@ -40,7 +40,7 @@ from kernel.db import (
 from kernel.fields import Email, SafeText, StrictInput
 from kernel.send_limits import count_hit, forget_hits, hits
 from kernel.settings import Settings
-from kernel.users import User, lock_user
+from kernel.users import User, find_user, lock_user
 
 Purpose = Literal["password_reset", "email_verification"]
 MAX_CODE_ATTEMPTS = 5  # tries per mailed code
@@ -193,7 +193,7 @@ class EmailTokens:
         """Spend the secret for its user, locked, in the caller's transaction: the user,
         or None when it no longer speaks for them (spent meanwhile, the account
         deactivated, or its email changed since the mail)."""
-        user = await session.get(User, row.user_id)
+        user = await find_user(session, row.user_id)
         if user is None:
             return None
         await lock_user(session, user)

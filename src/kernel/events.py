@@ -5,9 +5,10 @@ a rolled-back change leaves no event, a committed one always has its event. An e
 that answers the client but must keep its event (a failed login) says so on its class
 (`keeps_changes = True`), so the event commits before the error is sent.
 
-Events are never updated. Only `userapi purge-expired` deletes them, once they are older
-than AUDIT_RETENTION_DAYS; on PostgreSQL a trigger (migration 0005) refuses any other
-UPDATE or DELETE, whatever the application sends.
+Events are never changed. Only `userapi purge-expired` deletes them, once they are older
+than AUDIT_RETENTION_DAYS, and erasure removes their personal fields (`scrub_events`).
+On PostgreSQL a trigger (migrations 0005, 0006) refuses any other UPDATE or DELETE,
+whatever the application sends: an update may only take information away.
 
 What an event stores: its type, when, who did it (`actor_id`: the user, an admin, or
 none for the system or an unauthenticated caller), whom it is about (`user_id`), the
@@ -23,7 +24,7 @@ from enum import StrEnum
 from typing import Any
 
 from pydantic import BaseModel
-from sqlalchemy import JSON, Index, delete, func, select
+from sqlalchemy import JSON, Index, Text, delete, func, literal, or_, select, update
 from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlmodel import Field, SQLModel, col
@@ -62,6 +63,13 @@ class EventType(StrEnum):
 Details = dict[str, str | int]
 # Detail names that could carry a secret: refused, so no caller stores one by accident.
 _SECRET_NAME = re.compile(r"password|token|code|hash|secret", re.IGNORECASE)
+# Every detail name an event may carry, and whether it is personal data, which erasure
+# removes. A name not listed here is refused: a new one must say which it is.
+DETAIL_NAMES: dict[str, bool] = {
+    "session_id": False,
+    "reason": False,
+    "email": True,  # the address typed at a login to no account
+}
 _MAX_DETAIL_LENGTH = 320
 
 
@@ -130,6 +138,8 @@ def record_event(
     for name, value in details.items():
         if _SECRET_NAME.search(name):
             raise ValueError(f"an event detail may not be named {name!r}: it could be a secret")
+        if name not in DETAIL_NAMES:
+            raise ValueError(f"event detail {name!r} is not in DETAIL_NAMES")
         if isinstance(value, str) and len(value) > _MAX_DETAIL_LENGTH:
             raise ValueError(f"event detail {name!r} is too long")
     event = SecurityEvent(
@@ -156,3 +166,28 @@ async def purge_old_events(db: AsyncSession, settings: Settings) -> int:
         older = col(SecurityEvent.at) < func.now() - func.make_interval(0, 0, 0, days)
     result = await db.execute(delete(SecurityEvent).where(older))
     return deleted_count(result)
+
+
+async def scrub_events(db: AsyncSession, user_id: uuid.UUID, email: str) -> None:
+    """Erasure: the events by or about the user, and the failed logins that typed their
+    address, keep their type, time and ids but lose the IP, user agent and personal
+    details. One statement, however many events there are."""
+    typed_their_email = SecurityEvent.details["email"].as_string() == email
+    about_them = or_(
+        col(SecurityEvent.user_id) == user_id,
+        col(SecurityEvent.actor_id) == user_id,
+        typed_their_email,
+    )
+    personal = [name for name, is_personal in DETAIL_NAMES.items() if is_personal]
+    scrubbed: Any = col(SecurityEvent.details)
+    for name in personal:
+        if dialect_name(db) == "postgresql":
+            scrubbed = scrubbed.op("-")(literal(name, Text))  # JSONB minus a key
+        else:
+            scrubbed = func.json_remove(scrubbed, f"$.{name}")
+    await db.execute(
+        update(SecurityEvent)
+        .where(about_them)
+        .values(ip=None, user_agent=None, details=scrubbed)
+        .execution_options(synchronize_session=False)
+    )

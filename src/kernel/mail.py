@@ -62,6 +62,9 @@ class OutboxMail(SQLModel, table=True):
     last_error: str | None = Field(default=None, max_length=500)
     created_at: datetime = Field(default_factory=utc_now, sa_type=UTCDateTime)
     sent_at: datetime | None = Field(default=None, sa_type=UTCDateTime)
+    # Deleted, not kept, once sent or failed: a mail whose address must not outlive it
+    # (the notice of an erasure).
+    forget_when_done: bool = Field(default=False)
 
 
 @dataclass(frozen=True)
@@ -147,6 +150,7 @@ def queue_mail(
     kind: str,
     context: dict[str, Any],
     user_id: uuid.UUID | None = None,
+    forget_when_done: bool = False,
 ) -> OutboxMail:
     """Queue a mail in the caller's transaction: it exists if and only if that commits."""
     rendered = render_mail(templates, kind, context)
@@ -157,6 +161,7 @@ def queue_mail(
         subject=rendered.subject,
         text_body=rendered.text,
         html_body=rendered.html,
+        forget_when_done=forget_when_done,
     )
     _add(session, mail)
     return mail

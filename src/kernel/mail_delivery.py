@@ -341,6 +341,9 @@ async def _record(
                 "last_error": error[:500],
             }
     if outcome.get("status") in ("sent", "failed"):
+        if mail.forget_when_done:
+            await session.execute(delete(OutboxMail).where(*ours))
+            return
         outcome |= {"text_body": "", "html_body": ""}  # the links and codes go
     await session.execute(update(OutboxMail).where(*ours).values(claimed_until=None, **outcome))
 

@@ -105,6 +105,13 @@ async def forget_hits(session: AsyncSession, key: str) -> None:
     await session.execute(delete(SendCount).where(col(SendCount.key) == key))
 
 
+async def forget_address(session: AsyncSession, email: str) -> None:
+    """Erasure: every counter keyed by this address (mails asked for, mailed-code tries)."""
+    await session.execute(
+        delete(SendCount).where(col(SendCount.key).endswith(f":{email}", autoescape=True))
+    )
+
+
 async def purge_expired_send_counts(session: AsyncSession, settings: Settings) -> int:
     # The longest window any counter uses: code tries count over a code's lifetime.
     longest = max(

@@ -7,7 +7,7 @@ from typing import Annotated, Any, Self
 
 from fastapi import Response
 from pydantic import BaseModel, PlainSerializer, WithJsonSchema
-from sqlalchemy import Index, event, func, select
+from sqlalchemy import Column, ColumnElement, Index, Table, event, func, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import declared_attr
@@ -17,6 +17,7 @@ from kernel.db import (
     SECRET_COLUMN,
     UTCDateTime,
     dialect_name,
+    metadata,
     outside_transaction,
     run_rechecks,
     utc_now,
@@ -63,6 +64,9 @@ class User(SQLModel, table=True):
     # Email and names, case-folded in Python: searching it gives the same answers on
     # SQLite (whose lower() is ASCII-only) and on PostgreSQL whatever its locale.
     search_key: str = Field(default="", max_length=2000)
+    # Set by erasure: the row stays as a tombstone (its id, never reused, still names
+    # the account in the security events), emptied of everything personal.
+    erased_at: datetime | None = Field(default=None, sa_type=UTCDateTime)
 
     @declared_attr.directive
     def __mapper_args__(cls) -> dict[str, Any]:  # noqa: N805
@@ -78,7 +82,63 @@ class User(SQLModel, table=True):
         self.updated_at = utc_now()
 
 
+# An erased account's email: unique, personal to no one, and refused as an address by
+# every email field (`.invalid` is reserved, RFC 2606), so nobody can register or type it.
+ERASED_EMAIL_DOMAIN = "erased.invalid"
+
+
+async def find_user(session: AsyncSession, user_id: uuid.UUID) -> User | None:
+    """The account with this id, or None for an unknown or erased one: the one rule
+    that makes an erased id 404 everywhere."""
+    user = await session.get(User, user_id)
+    return None if user is None or user.erased_at is not None else user
+
+
+async def find_user_by_email(session: AsyncSession, email: str) -> User | None:
+    """The account registered as this (normalised) email, if any."""
+    return await session.scalar(
+        select(User).where(col(User.email) == email, col(User.erased_at).is_(None))
+    )
+
+
+def not_erased() -> ColumnElement[bool]:
+    """The condition for queries over many users (the list): erased ones are not there."""
+    return col(User.erased_at).is_(None)
+
+
+def tables_naming_users() -> list[tuple[Table, list[Column[Any]]]]:
+    """Each table holding users' data, with its columns that name the user: `users`
+    itself, and every table with a foreign key to it. Derived from the metadata, so the
+    export and erasure cover a table a new slice adds without being told."""
+    found: list[tuple[Table, list[Column[Any]]]] = []
+    for table in metadata.sorted_tables:
+        if table.name == User.__tablename__:
+            found.append((table, [table.c.id]))
+            continue
+        naming = [fk.parent for fk in table.foreign_keys if fk.column.table.name == "users"]
+        if naming:
+            found.append((table, naming))
+    return found
+
+
+def empty_of_personal_data(user: User, now: datetime) -> None:
+    """Erasure's tombstone: every personal field goes; the id and timestamps stay."""
+    user.email = f"{user.id.hex}@{ERASED_EMAIL_DOMAIN}"
+    user.password_hash = ""  # no hash matches it; erased accounts are never looked up
+    user.first_name = ""
+    user.last_name = ""
+    user.bio = None
+    user.avatar_url = None
+    user.is_active = False
+    user.is_superuser = False
+    user.email_verified = False
+    user.erased_at = now
+    user.updated_at = now
+
+
 def _search_key(user: User) -> str:
+    if user.erased_at is not None:
+        return ""
     return SEARCH_SEPARATOR.join((user.email, user.first_name, user.last_name)).casefold()
 
 

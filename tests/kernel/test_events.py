@@ -7,6 +7,7 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from datetime import timedelta
 from pathlib import Path
+from typing import Any
 
 import asyncpg
 import httpx
@@ -98,11 +99,21 @@ async def test_an_event_refuses_details_that_could_hold_a_secret(app: FastAPI, n
             )
 
 
+async def test_an_event_refuses_a_detail_not_declared_personal_or_not(app: FastAPI) -> None:
+    # Erasure removes the personal ones: a new detail must say which it is.
+    database: Database = app.state.database
+    async with database.session() as session:
+        with pytest.raises(ValueError, match="not in DETAIL_NAMES"):
+            record_event(
+                session, EventType.login_failed, user_id=None, actor_id=None, details={"city": "x"}
+            )
+
+
 # --- append-only on PostgreSQL -----------------------------------------------------------
 
 
 @ONLY_POSTGRESQL
-async def test_postgresql_refuses_any_update_of_an_event(
+async def test_postgresql_refuses_any_update_that_changes_or_adds_to_an_event(
     client: httpx.AsyncClient, admin: Account, database_url: str
 ) -> None:
     before = await all_events(client, admin)
@@ -110,13 +121,35 @@ async def test_postgresql_refuses_any_update_of_an_event(
     async with plain_connection(database_url) as connection:
         for statement in (
             "UPDATE security_events SET ip = '10.0.0.1'",
-            "UPDATE security_events SET details = '{}'",
+            "UPDATE security_events SET user_agent = 'forged'",
+            """UPDATE security_events SET details = details || '{"reason": "forged"}'""",
             "UPDATE security_events SET at = at - interval '1000 days'",
+            "UPDATE security_events SET type = 'logged_out'",
+            "UPDATE security_events SET user_id = NULL",
+            "UPDATE security_events SET actor_id = NULL",
         ):
             with pytest.raises(asyncpg.InsufficientPrivilegeError):
                 await connection.execute(statement)
 
     assert await all_events(client, admin) == before
+
+
+@ONLY_POSTGRESQL
+async def test_postgresql_lets_an_update_only_take_personal_fields_away(
+    client: httpx.AsyncClient, admin: Account, database_url: str
+) -> None:
+    # Erasure's update (kernel.events.scrub_events): the IP and agent go, details shrink.
+    before = await all_events(client, admin)
+    assert any(event["details"] for event in before)
+
+    async with plain_connection(database_url) as connection:
+        await connection.execute(
+            "UPDATE security_events SET ip = NULL, user_agent = NULL, details = '{}'"
+        )
+
+    after = await all_events(client, admin)
+    emptied: dict[str, Any] = {"ip": None, "user_agent": None, "details": {}}
+    assert after == [event | emptied for event in before]
 
 
 @ONLY_POSTGRESQL
@@ -158,7 +191,7 @@ async def test_the_applications_own_session_cannot_change_an_event(
 ) -> None:
     latest = uuid.UUID((await all_events(client, admin))[0]["id"])
 
-    with pytest.raises(DBAPIError, match="never updated"):
+    with pytest.raises(DBAPIError, match="never changed"):
         await change_ip(app.state.database, latest)
 
     assert (await all_events(client, admin))[0]["ip"] != "10.0.0.1"

@@ -1,6 +1,6 @@
 """Revocation holds across processes: two real servers on one database.
 
-Log in through one server, deactivate, change the password, end a session or log out
+Log in through one server, deactivate, erase, change the password, end a session or log out
 through the other: the first server rejects the old tokens on the very next request (no
 shared memory, only the database's sessions). A refresh retried on the other server
 within the grace window keeps the session.
@@ -36,7 +36,7 @@ async def _register(client: httpx.AsyncClient, server: Server, email: str) -> st
     return user_id
 
 
-async def test_deactivation_on_one_server_revokes_tokens_on_the_other(
+async def test_deactivation_or_erasure_on_one_server_revokes_tokens_on_the_other(
     database_url: str, tmp_path: Path
 ) -> None:
     created = await run_cli(
@@ -58,6 +58,18 @@ async def test_deactivation_on_one_server_revokes_tokens_on_the_other(
         bearer = {"Authorization": f"Bearer {tokens['access_token']}"}
         me = await client.get(f"{first.base_url}/api/v1/users/me", headers=bearer)
         assert me.status_code == 200
+        await _register(client, first, "leaver@example.com")
+        leaver = await _login(client, first, "leaver@example.com", DEFAULT_PASSWORD)
+        leaver_bearer = {"Authorization": f"Bearer {leaver['access_token']}"}
+        on_second = await _login(client, second, "leaver@example.com", DEFAULT_PASSWORD)
+        erased = await client.post(
+            f"{second.base_url}/api/v1/users/me/erase",
+            headers={"Authorization": f"Bearer {on_second['access_token']}"},
+            json={"current_password": DEFAULT_PASSWORD},
+        )
+        assert erased.status_code == 204, erased.text
+        after_erasure = await client.get(f"{first.base_url}/api/v1/users/me", headers=leaver_bearer)
+        assert_problem(after_erasure, 401, "invalid_token")
 
         admin = await _login(client, second, "root@example.com", ADMIN_PASSWORD)
         deactivated = await client.post(
