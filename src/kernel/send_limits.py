@@ -18,6 +18,7 @@ from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlmodel import Field, SQLModel, col
 
+from kernel.client_ip import limit_key
 from kernel.db import UTCDateTime, deleted_count, dialect_name, utc_now
 from kernel.errors import ProblemError
 from kernel.settings import Settings
@@ -34,7 +35,7 @@ MailKind = Literal["password_reset", "email_verification"]
 class SendCount(SQLModel, table=True):
     __tablename__ = "send_counts"
 
-    # "<mail kind>:<email>", "ip:<address>", "code:<purpose>:<email>" or, for
+    # "<mail kind>:<email>", "ip:<address or IPv6 /64>", "code:<purpose>:<email>" or, for
     # RATE_LIMIT_PER_IP (kernel.rate_limits), "rate:<address or IPv6 /64>"
     key: str = Field(max_length=400, primary_key=True)
     sent: int
@@ -51,7 +52,8 @@ class SendLimits:
         """429 too_many_requests, with Retry-After, past the per-IP limit."""
         if ip is None:
             return
-        wait = await self._hit(session, f"ip:{ip}", self._per_ip)
+        # Per address, or per IPv6 /64: the same client as RATE_LIMIT_PER_IP counts.
+        wait = await self._hit(session, f"ip:{limit_key(ip)}", self._per_ip)
         if wait:
             raise TooManyRequests(headers={"Retry-After": str(wait)})
 

@@ -158,6 +158,21 @@ async def test_ipv6_addresses_of_one_64_share_a_budget(database_url: str, tmp_pa
     assert_problem(elsewhere, 401, "invalid_credentials")
 
 
+async def test_the_mail_limit_per_ip_counts_an_ipv6_64_as_one_client_too(
+    database_url: str, tmp_path: Path
+) -> None:
+    settings = make_settings(database_url, tmp_path, mail_send_limit_per_ip=1)
+    reset = "/api/v1/auth/password-reset"
+    addresses = ("2001:db8:5:6::1", "2001:db8:5:6::2", "2001:db8:5:7::1")
+    async with app_with_clients(settings, *addresses) as (_, (first, same_64, next_64)):
+        sent = await first.post(reset, json={"email": "a@example.com"})
+        neighbour = await same_64.post(reset, json={"email": "b@example.com"})
+        elsewhere = await next_64.post(reset, json={"email": "c@example.com"})
+
+    assert sent.status_code == elsewhere.status_code == 202
+    assert_problem(neighbour, 429, "too_many_requests")
+
+
 async def test_two_apps_on_one_database_share_the_count(database_url: str, tmp_path: Path) -> None:
     settings = limited(database_url, tmp_path, "4/minute")
     async with (
