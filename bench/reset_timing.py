@@ -107,6 +107,7 @@ async def main() -> None:
             "ARGON2_MEMORY_KIB": "8",
             "ARGON2_PARALLELISM": "1",
             "MAIL_SEND_LIMIT_PER_IP": "100000",
+            "RATE_LIMIT_PER_IP": "1000000/hour",  # every request comes from one address
             "LOGIN_MAX_FAILURES": "1000",
             # Without the in-process sender: the request alone, nothing done after it.
             **({"MAIL_SENDER_ENABLED": "false"} if args.no_sender else {}),

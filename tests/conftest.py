@@ -24,7 +24,15 @@ from kernel import migrations
 from kernel.db import Database, metadata
 from kernel.settings import Settings, load_settings
 from kernel.slices import load_tables
-from tests.factories import FAST_HASHING, TEST_SECRET, Account, make_admin, make_user, serving
+from tests.factories import (
+    FAST_HASHING,
+    GENEROUS_RATE,
+    TEST_SECRET,
+    Account,
+    make_admin,
+    make_user,
+    serving,
+)
 from tests.mail import Mailbox, mailbox_running
 
 POSTGRES_ADMIN_DSN = os.environ.get(
@@ -161,6 +169,7 @@ def make_settings(database_url: str, data_dir: Path, **overrides: Any) -> Settin
         "database_url": database_url,
         "secret_key": TEST_SECRET,
         "data_dir": data_dir,
+        "rate_limit_per_ip": GENEROUS_RATE,
         **FAST_HASHING,
         **overrides,
     }

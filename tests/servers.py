@@ -21,7 +21,7 @@ from pathlib import Path
 
 import httpx
 
-from tests.factories import FAST_HASHING, TEST_SECRET
+from tests.factories import FAST_HASHING, GENEROUS_RATE, TEST_SECRET
 
 USERAPI = str(Path(sys.executable).parent / "userapi")
 CLI_TIMEOUT_SECONDS = 120.0
@@ -51,6 +51,7 @@ def cli_env(**values: str) -> dict[str, str]:
         "PATH": os.environ.get("PATH", ""),
         "HOME": os.environ.get("HOME", "/"),
         "SECRET_KEY": TEST_SECRET,
+        "RATE_LIMIT_PER_IP": GENEROUS_RATE,
     }
     env |= {name.upper(): str(value) for name, value in FAST_HASHING.items()}
     return env | values

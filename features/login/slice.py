@@ -16,7 +16,16 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from sqlmodel import col
 
 from kernel.db import SessionDep, outside_transaction, utc_now
-from kernel.deps import AccessTokensDep, GuessesDep, HashingDep, RefreshTokensDep, SettingsDep
+from kernel.deps import (
+    AccessTokensDep,
+    ClientIP,
+    GuessesDep,
+    HashingDep,
+    RateLimitedPerIP,
+    RefreshTokensDep,
+    SettingsDep,
+    UserAgent,
+)
 from kernel.errors import (
     InvalidInput,
     ProblemError,
@@ -32,6 +41,7 @@ from kernel.guesses import LockedOut, PasswordGuesses
 from kernel.hashing import PasswordHashing
 from kernel.media_types import is_json, media_type
 from kernel.passwords import CurrentPassword
+from kernel.send_limits import TooManyRequests
 from kernel.sessions import (
     NO_STORE_HEADERS,
     USER_AGENT_MAX_LENGTH,
@@ -65,13 +75,6 @@ class Device:
 
     user_agent: str | None
     ip: str | None
-
-    @classmethod
-    def of(cls, request: Request) -> "Device":
-        return cls(
-            user_agent=request.headers.get("user-agent"),
-            ip=request.client.host if request.client else None,
-        )
 
 
 # A refused login records its event and answers an error: the event must commit all
@@ -257,11 +260,14 @@ async def _read_credentials(request: Request) -> Credentials:
 
 @router.post(
     "/auth/login",
+    # Before the body is read and long before any hash: a spray is refused cheaply.
+    dependencies=[RateLimitedPerIP],
     responses=problem_responses(
         InvalidCredentials,
         AccountInactive,
         EmailNotVerified,
         LoginThrottled,
+        TooManyRequests,
         UnsupportedMediaType,
         ServerBusy,
     ),
@@ -283,6 +289,8 @@ async def login_route(
     access_tokens: AccessTokensDep,
     refresh_tokens: RefreshTokensDep,
     settings: SettingsDep,
+    ip: ClientIP,
+    user_agent: UserAgent,
 ) -> TokenPair:
     """Log in with email and password (JSON, or the OAuth2 password form).
 
@@ -300,5 +308,5 @@ async def login_route(
         refresh_tokens=refresh_tokens,
         settings=settings,
         credentials=credentials,
-        device=Device.of(request),
+        device=Device(user_agent=user_agent, ip=ip),
     )

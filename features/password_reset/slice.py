@@ -24,6 +24,7 @@ from kernel.deps import (
     ClientIP,
     EmailTokensDep,
     HashingDep,
+    RateLimitedPerIP,
     SendLimitsDep,
     SettingsDep,
     UserAgent,
@@ -68,6 +69,7 @@ class ResetConfirmation(MailedProof):
     "/auth/password-reset",
     status_code=202,
     response_class=Response,
+    dependencies=[RateLimitedPerIP],
     responses=problem_responses(TooManyRequests),
 )
 async def request_password_reset_route(
@@ -113,7 +115,8 @@ prepare_when_sent("password_reset", prepare_reset_mail)
     "/auth/password-reset/confirm",
     status_code=204,
     response_class=Response,
-    responses=problem_responses(InvalidResetToken, ServerBusy),
+    dependencies=[RateLimitedPerIP],
+    responses=problem_responses(InvalidResetToken, TooManyRequests, ServerBusy),
 )
 async def confirm_password_reset_route(
     body: ResetConfirmation,

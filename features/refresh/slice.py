@@ -15,10 +15,18 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from sqlmodel import col
 
 from kernel.db import SessionDep, utc_now
-from kernel.deps import AccessTokensDep, ClientIP, RefreshTokensDep, SettingsDep, UserAgent
+from kernel.deps import (
+    AccessTokensDep,
+    ClientIP,
+    RateLimitedPerIP,
+    RefreshTokensDep,
+    SettingsDep,
+    UserAgent,
+)
 from kernel.errors import InvalidToken, problem_responses
 from kernel.events import EventType, record_event
 from kernel.fields import StrictInput
+from kernel.send_limits import TooManyRequests
 from kernel.sessions import (
     NO_STORE_HEADERS,
     RefreshTokens,
@@ -93,7 +101,11 @@ async def refresh(
     return token_pair(session, access_tokens=access_tokens, refresh_tokens=refresh_tokens)
 
 
-@router.post("/auth/refresh", responses=problem_responses(InvalidToken))
+@router.post(
+    "/auth/refresh",
+    dependencies=[RateLimitedPerIP],
+    responses=problem_responses(InvalidToken, TooManyRequests),
+)
 async def refresh_route(
     body: RefreshRequest,
     response: Response,

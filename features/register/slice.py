@@ -7,9 +7,17 @@ from fastapi import APIRouter, Response
 
 from kernel.account_mail import queue_verification
 from kernel.db import SessionDep
-from kernel.deps import ClientIP, EmailTokensDep, HashingDep, SettingsDep, UserAgent
+from kernel.deps import (
+    ClientIP,
+    EmailTokensDep,
+    HashingDep,
+    RateLimitedPerIP,
+    SettingsDep,
+    UserAgent,
+)
 from kernel.errors import EmailTaken, ServerBusy, problem_responses
 from kernel.events import EventType, record_event
+from kernel.send_limits import TooManyRequests
 from kernel.slices import API_PREFIX
 from kernel.users import PrivateUser, Registration, create_user
 
@@ -19,7 +27,8 @@ router = APIRouter(tags=["auth"])
 @router.post(
     "/auth/register",
     status_code=201,
-    responses=problem_responses(EmailTaken, ServerBusy),
+    dependencies=[RateLimitedPerIP],
+    responses=problem_responses(EmailTaken, TooManyRequests, ServerBusy),
 )
 async def register_route(
     form: Registration,

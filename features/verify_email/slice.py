@@ -14,6 +14,7 @@ from kernel.deps import (
     ClientIP,
     CurrentUser,
     EmailTokensDep,
+    RateLimitedPerIP,
     SendLimitsDep,
     SettingsDep,
     UserAgent,
@@ -39,7 +40,8 @@ class AlreadyVerified(ProblemError):
     "/auth/verify-email",
     status_code=204,
     response_class=Response,
-    responses=problem_responses(InvalidVerificationToken),
+    dependencies=[RateLimitedPerIP],
+    responses=problem_responses(InvalidVerificationToken, TooManyRequests),
 )
 async def verify_email_route(
     body: MailedProof,
@@ -74,6 +76,7 @@ async def verify_email_route(
     "/users/me/verification-email",
     status_code=202,
     response_class=Response,
+    dependencies=[RateLimitedPerIP],
     responses=problem_responses(AlreadyVerified, TooManyRequests),
 )
 async def send_verification_email_route(

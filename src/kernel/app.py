@@ -9,6 +9,7 @@ from pydantic import BaseModel
 from sqlalchemy import exc as sa_exc
 from sqlalchemy import text
 
+from kernel.client_ip import ClientAddressMiddleware
 from kernel.db import Database
 from kernel.email_tokens import EmailTokens
 from kernel.errors import (
@@ -30,6 +31,7 @@ from kernel.middleware import (
 )
 from kernel.migrations import current_revision, head_revision
 from kernel.openapi import install_openapi
+from kernel.rate_limits import PerIPRateLimit
 from kernel.send_limits import SendLimits
 from kernel.sessions import RefreshTokens
 from kernel.settings import Settings, load_settings
@@ -57,6 +59,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         if settings.mail_sender_enabled
         else None
     )
+    rate_limit = PerIPRateLimit(database, settings)
 
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
@@ -70,6 +73,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         if mail_sender is not None:
             await mail_sender.stop()
         await keyring.stop()
+        await rate_limit.close()
         await database.dispose()
         if metrics is not None:
             metrics.worker_exiting()
@@ -98,10 +102,12 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.refresh_tokens = RefreshTokens(settings)
     app.state.email_tokens = EmailTokens(database, settings)
     app.state.send_limits = SendLimits(settings)
+    app.state.rate_limit = rate_limit
 
     # Each add_middleware wraps the ones before it: the body guard is innermost, so its
-    # early 413/422/500 answers still get CORS headers; the request id is outermost, so
-    # every response, CORS preflights included, gets an id and an access-log line.
+    # early 413/422/500 answers still get CORS headers; the request id is outermost but
+    # for the client address, so every response, CORS preflights included, gets an id
+    # and an access-log line.
     app.add_middleware(BodyGuardMiddleware)
     if settings.cors_origins:
         app.add_middleware(
@@ -114,6 +120,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             expose_headers=["ETag", "Location", "Retry-After", "WWW-Authenticate", "X-Request-ID"],
         )
     app.add_middleware(RequestContextMiddleware, metrics=metrics)
+    # Outside even that: the access log line names the client the rule resolved.
+    app.add_middleware(ClientAddressMiddleware, trusted_proxies=settings.trusted_proxies)
     install_error_handlers(app)
 
     @app.get("/health", tags=["operations"])

@@ -81,7 +81,10 @@ def _serve(args: argparse.Namespace, settings: Settings) -> None:
             server_header=False,  # no response names the software it runs on
             # Kept: RFC 9110 6.6.1 asks an origin server with a clock for Date; it names nothing.
             date_header=True,
-            proxy_headers=True,
+            # X-Forwarded-For and -Proto are the app's to read (kernel.client_ip), from
+            # TRUSTED_PROXIES only; uvicorn's own handling would trust loopback and apply
+            # the headers a second time.
+            proxy_headers=False,
             timeout_graceful_shutdown=30,
             access_log=False,  # our middleware logs each request with its request id
             log_config=None,  # uvicorn's lines go through our handler (LOG_FORMAT) too

@@ -21,6 +21,7 @@ from kernel.email_tokens import EmailTokens
 from kernel.errors import Forbidden, InvalidToken, NotAuthenticated, UserNotFound
 from kernel.guesses import PasswordGuesses
 from kernel.hashing import PasswordHashing
+from kernel.rate_limits import PerIPRateLimit
 from kernel.send_limits import SendLimits
 from kernel.sessions import RefreshTokens, Session, token_speaks_for
 from kernel.settings import Settings
@@ -53,12 +54,23 @@ SendLimitsDep = Annotated[SendLimits, Depends(_app_state("send_limits"))]
 
 
 async def _client_ip(request: Request) -> str | None:
-    # The peer address, or what uvicorn's proxy-headers option took from a trusted proxy.
+    # Resolved once per request by kernel.client_ip (the trusted-proxy rule).
     return request.client.host if request.client else None
 
 
 # Where a request comes from: session records, per-IP limits and security events.
 ClientIP = Annotated[str | None, Depends(_client_ip)]
+
+
+async def _within_rate_limit(request: Request, ip: ClientIP) -> None:
+    limit: PerIPRateLimit = request.app.state.rate_limit
+    await limit.hit(ip)
+
+
+# RATE_LIMIT_PER_IP, for a route's `dependencies=[...]`: counted in a transaction of its
+# own before anything else of the route runs (its request session, any password hash).
+# List TooManyRequests in the route's responses.
+RateLimitedPerIP = Depends(_within_rate_limit)
 
 
 async def _user_agent(request: Request) -> str | None:

@@ -1,5 +1,8 @@
-"""argon2id hashing off the event loop, behind a limiter sized for memory."""
+"""argon2id hashing off the event loop, behind a limiter sized for memory and shared
+fairly between clients."""
 
+import asyncio
+from collections import Counter, deque
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
@@ -7,6 +10,7 @@ import anyio
 from argon2 import PasswordHasher, Type
 from argon2.exceptions import InvalidHashError, VerificationError, VerifyMismatchError
 
+from kernel.client_ip import current_client
 from kernel.errors import ServerBusy
 from kernel.metrics import HashingGauges
 from kernel.settings import Settings
@@ -36,9 +40,91 @@ class HashingSlot:
         return await anyio.to_thread.run_sync(check) and stored_hash is not None
 
 
+class FairSlots:
+    """`capacity` slots; when one frees, the waiting client holding the fewest gets it.
+
+    A plain FIFO queue lets one address that floods logins stand in front of everyone:
+    every other client waits behind its whole queue (issue 12: 30 logins a second from
+    one address made real users wait 10 s, then 503). Here a newcomer from another
+    address takes the next slot to free, so it waits at most one hash, however long the
+    flood's queue is. Among clients holding as many slots, the one served least
+    recently (or never) goes first; one client's own requests keep their order. Nothing
+    is held back while slots are free: alone, one client may use them all.
+    """
+
+    def __init__(self, capacity: int) -> None:
+        self._capacity = capacity
+        self._in_use = 0
+        self._held: Counter[str | None] = Counter()
+        self._waiting: dict[str | None, deque[asyncio.Future[None]]] = {}
+        # When each client holding or waiting was last given a slot (a grant's number).
+        self._last_served: dict[str | None, int] = {}
+        self._grants = 0
+
+    async def acquire(self, client: str | None) -> None:
+        """A slot for `client`, however long it takes (the caller bounds the wait)."""
+        if self._in_use < self._capacity:
+            self._grant(client)
+            return
+        granted = asyncio.get_running_loop().create_future()
+        self._waiting.setdefault(client, deque()).append(granted)
+        try:
+            await granted
+        except BaseException:
+            if granted.done() and not granted.cancelled():
+                self.release(client)  # handed over as the wait ended: pass it on
+            else:
+                granted.cancel()  # skipped by the next hand-over
+            raise
+
+    def release(self, client: str | None) -> None:
+        self._in_use -= 1
+        self._held[client] -= 1
+        if self._held[client] <= 0:
+            del self._held[client]
+        self._hand_over()
+        self._forget_if_idle(client)
+
+    @property
+    def in_use(self) -> int:
+        return self._in_use
+
+    @property
+    def waiting(self) -> int:
+        return sum(not f.done() for queue in self._waiting.values() for f in queue)
+
+    def _grant(self, client: str | None) -> None:
+        self._in_use += 1
+        self._held[client] += 1
+        self._grants += 1
+        self._last_served[client] = self._grants
+
+    def _hand_over(self) -> None:
+        while self._in_use < self._capacity and self._waiting:
+            client = min(
+                self._waiting,
+                key=lambda waiting: (self._held[waiting], self._last_served.get(waiting, 0)),
+            )
+            queue = self._waiting[client]
+            granted = queue.popleft()
+            if not queue:
+                del self._waiting[client]
+            if granted.done():
+                self._forget_if_idle(client)
+                continue  # its wait timed out or was cancelled
+            granted.set_result(None)
+            self._grant(client)
+
+    def _forget_if_idle(self, client: str | None) -> None:
+        # Bounded by the clients holding or waiting, not by every address ever seen.
+        if client not in self._held and client not in self._waiting:
+            self._last_served.pop(client, None)
+
+
 class PasswordHashing:
     """Every hash and verify runs in a worker thread, at most `hashing_slots` at once in
-    this process (see Settings.hashing_slots for how workers share the budget).
+    this process (see Settings.hashing_slots for how workers share the budget), shared
+    between client addresses by FairSlots (the caller is kernel.client_ip.current_client).
 
     argon2id is memory-hard on purpose: unbounded, a burst of logins would exhaust memory;
     on the event loop, one login would stall every other request.
@@ -51,7 +137,7 @@ class PasswordHashing:
             parallelism=settings.argon2_parallelism,
             type=Type.ID,
         )
-        self._slots = anyio.CapacityLimiter(settings.hashing_slots)
+        self._slots = FairSlots(settings.hashing_slots)
         self._wait_seconds = settings.hash_wait_seconds
         self._dummy_hash = ""
         self._gauges = gauges  # /metrics, when enabled
@@ -64,9 +150,10 @@ class PasswordHashing:
         gauges = self._gauges
         if gauges is not None:
             gauges.waiting.inc()
+        client = current_client.get()
         try:
             with anyio.fail_after(self._wait_seconds):
-                await self._slots.acquire()
+                await self._slots.acquire(client)
         except TimeoutError:
             if gauges is not None:
                 gauges.server_busy.inc()
@@ -81,7 +168,7 @@ class PasswordHashing:
         try:
             yield HashingSlot(self._hasher, self._dummy_hash)
         finally:
-            self._slots.release()
+            self._slots.release(client)
             if gauges is not None:
                 gauges.busy.dec()
 
@@ -97,12 +184,12 @@ class PasswordHashing:
 
     @property
     def slots_busy(self) -> int:
-        return int(self._slots.borrowed_tokens)
+        return self._slots.in_use
 
     @property
     def requests_waiting(self) -> int:
         """Requests queued for a slot right now."""
-        return self._slots.statistics().tasks_waiting
+        return self._slots.waiting
 
     def needs_rehash(self, stored_hash: str) -> bool:
         try:

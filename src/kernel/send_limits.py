@@ -4,7 +4,8 @@ Counted in the database, so every process shares the count (API.md: default 3 pe
 address per 15 minutes). Each kind of mail counts apart (`MailKind`): a stranger asking
 for resets to your address cannot also stop the verification you ask for. Fixed
 windows, one atomic upsert per hit: concurrent requests cannot all read "2 sent" and
-all send. `count_hit` is the counter itself, also used for mailed-code tries.
+all send. `count_hit` is the counter itself, also used for mailed-code tries and for
+RATE_LIMIT_PER_IP (kernel.rate_limits).
 """
 
 import math
@@ -17,6 +18,7 @@ from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlmodel import Field, SQLModel, col
 
+from kernel.client_ip import limit_key
 from kernel.db import UTCDateTime, deleted_count, dialect_name, utc_now
 from kernel.errors import ProblemError
 from kernel.settings import Settings
@@ -33,7 +35,8 @@ MailKind = Literal["password_reset", "email_verification"]
 class SendCount(SQLModel, table=True):
     __tablename__ = "send_counts"
 
-    # "<mail kind>:<email>", "ip:<address>" or "code:<purpose>:<email>"
+    # "<mail kind>:<email>", "ip:<address or IPv6 /64>", "code:<purpose>:<email>" or, for
+    # RATE_LIMIT_PER_IP (kernel.rate_limits), "rate:<address or IPv6 /64>"
     key: str = Field(max_length=400, primary_key=True)
     sent: int
     window_started_at: datetime = Field(sa_type=UTCDateTime, index=True)
@@ -49,7 +52,8 @@ class SendLimits:
         """429 too_many_requests, with Retry-After, past the per-IP limit."""
         if ip is None:
             return
-        wait = await self._hit(session, f"ip:{ip}", self._per_ip)
+        # Per address, or per IPv6 /64: the same client as RATE_LIMIT_PER_IP counts.
+        wait = await self._hit(session, f"ip:{limit_key(ip)}", self._per_ip)
         if wait:
             raise TooManyRequests(headers={"Retry-After": str(wait)})
 
@@ -114,6 +118,7 @@ async def purge_expired_send_counts(session: AsyncSession, settings: Settings) -
     # The longest window any counter uses: code tries count over a code's lifetime.
     longest = max(
         settings.mail_send_window_seconds,
+        settings.rate_limit_per_ip.window_seconds,
         settings.password_reset_ttl_seconds,
         settings.email_verification_ttl_seconds,
     )

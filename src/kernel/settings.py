@@ -1,14 +1,17 @@
 """One Settings object, read from the environment and `.env`, validated once at start-up."""
 
 import os
+import re
 import resource
 import secrets
 from functools import cached_property
 from pathlib import Path
-from typing import Annotated, Literal
+from typing import Annotated, Literal, NamedTuple
 
 from pydantic import Field, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+from kernel.client_ip import IPNetwork, parse_trusted_proxies
 
 # OWASP's floor for argon2id (m=19 MiB, t=2, p=1); production refuses anything weaker.
 OWASP_MIN_MEMORY_KIB = 19 * 1024
@@ -19,6 +22,16 @@ MIN_SECRET_LENGTH = 32
 FD_RESERVE = 64
 MAX_DEFAULT_CONNECTIONS = 4096
 MAX_LISTEN_BACKLOG = 2048
+RATE_UNITS = {"second": 1, "minute": 60, "hour": 3600}
+_RATE = re.compile(r"\s*(\d{1,9})\s*/\s*(second|minute|hour)\s*")
+MAX_RATE = 1_000_000
+
+
+class RequestRate(NamedTuple):
+    """`limit` requests per `window_seconds` (RATE_LIMIT_PER_IP)."""
+
+    limit: int
+    window_seconds: int
 
 
 class SettingsError(SystemExit):
@@ -67,6 +80,12 @@ class Settings(BaseSettings):
     # Security events older than this are dropped by `userapi purge-expired`.
     audit_retention_days: int = Field(default=365, ge=1, le=100 * 365)
     cors_origins: Annotated[list[str], NoDecode] = Field(default_factory=list)
+    # Per client IP, over register, login, refresh and the email routes, all processes.
+    rate_limit_per_ip: Annotated[RequestRate, NoDecode] = RequestRate(60, 60)
+    # Where those counts live: empty, the database; else this Redis (kernel.rate_limits).
+    redis_url: str = Field(default="", repr=False)
+    # Proxies whose X-Forwarded-For is believed (kernel.client_ip); empty: none.
+    trusted_proxies: Annotated[tuple[IPNetwork, ...], NoDecode] = ()
     auto_migrate: bool = True
     docs_enabled: bool = True
     argon2_time_cost: int = Field(default=3, ge=1, le=20)
@@ -137,6 +156,30 @@ class Settings(BaseSettings):
         if isinstance(value, str):
             return [origin.strip() for origin in value.split(",") if origin.strip()]
         return value
+
+    @field_validator("rate_limit_per_ip", mode="before")
+    @classmethod
+    def _parse_rate(cls, value: object) -> object:
+        if not isinstance(value, str):
+            return value
+        match = _RATE.fullmatch(value)
+        if not match or not 1 <= int(match[1]) <= MAX_RATE:
+            raise ValueError(
+                f"must look like N/second, N/minute or N/hour (N from 1 to {MAX_RATE}): {value!r}"
+            )
+        return RequestRate(int(match[1]), RATE_UNITS[match[2]])
+
+    @field_validator("trusted_proxies", mode="before")
+    @classmethod
+    def _parse_proxies(cls, value: object) -> object:
+        return parse_trusted_proxies(value) if isinstance(value, str) else value
+
+    @field_validator("redis_url")
+    @classmethod
+    def _redis_scheme(cls, url: str) -> str:
+        if url and not url.startswith(("redis://", "rediss://", "unix://")):
+            raise ValueError("must start with redis://, rediss:// or unix://")
+        return url
 
     @field_validator("database_url")
     @classmethod

@@ -15,8 +15,6 @@ import yaml
 from kernel.settings import Settings, load_settings
 
 ROOT = Path(__file__).resolve().parents[2]
-# Read by uvicorn itself, not by Settings (see the comment beside it in compose.yaml).
-SERVER_VARIABLES = {"FORWARDED_ALLOW_IPS"}
 # ${NAME}, ${NAME:-default}, ${NAME-default}, ${NAME:?error}, ${NAME?error}
 _REFERENCE = re.compile(r"\$\{(\w+)(?:(:?[-?])([^}]*))?\}")
 # What an operator sets (compose.yaml's header), as they would.
@@ -72,7 +70,7 @@ def test_the_app_services_are_a_migration_and_several_replicas() -> None:
 def test_every_variable_passed_to_the_app_is_a_setting_it_reads() -> None:
     settings = {name.upper() for name in Settings.model_fields}
     for service, environment in our_services().items():
-        unknown = set(environment) - settings - SERVER_VARIABLES
+        unknown = set(environment) - settings
         assert not unknown, f"{service} passes {sorted(unknown)}, which the app never reads"
 
 

@@ -1,7 +1,11 @@
-"""argon2 runs off the event loop, at most HASH_CONCURRENCY at once; past the wait: 503."""
+"""argon2 runs off the event loop, at most HASH_CONCURRENCY at once; past the wait: 503.
+The slots are shared fairly between client addresses."""
 
 import asyncio
+import uuid
 from pathlib import Path
+
+import httpx
 
 from kernel.settings import Settings
 from tests.conftest import make_settings
@@ -74,3 +78,43 @@ async def test_the_event_loop_keeps_turning_while_a_hash_runs(
     # argon2 on the loop it would be all of it. (A third failed once on a loaded 2-core
     # machine, 0.37 s of 0.85 s, the OS scheduling other tests' threads.)
     assert max(stalls) < hashed_for / 2, (max(stalls), hashed_for)
+
+
+def unknown_email_login() -> dict[str, str]:
+    return {"email": f"nobody-{uuid.uuid4().hex[:12]}@example.com", "password": DEFAULT_PASSWORD}
+
+
+async def test_a_flood_from_one_address_does_not_queue_another_addresss_login_behind_it(
+    database_url: str, tmp_path: Path
+) -> None:
+    # One slot at real cost; one address sprays unknown-email logins, enough to queue.
+    # A first-come queue would put the real user's login behind every one of them (the
+    # attack run: 503s and 10 s logins); here it takes the next slot to free.
+    flood = 8
+    login = "/api/v1/auth/login"
+    async with serving(one_slot(database_url, tmp_path, wait_seconds=120)) as (app, client):
+        account = await register(client)
+        real = {"email": account.email, "password": DEFAULT_PASSWORD}
+
+        def from_address(ip: str) -> httpx.AsyncClient:
+            transport = httpx.ASGITransport(app=app, client=(ip, 40000))
+            return httpx.AsyncClient(transport=transport, base_url="http://testserver")
+
+        async with from_address("198.51.100.7") as attacker, from_address("203.0.113.20") as user:
+            sprayed = [
+                asyncio.create_task(attacker.post(login, json=unknown_email_login()))
+                for _ in range(flood)
+            ]
+            await wait_until(
+                lambda: app.state.hashing.requests_waiting == flood - 1,
+                within=30,
+                what="the flood queued for the one slot",
+            )
+            answer = await user.post(login, json=real)
+            flood_still_queued = sum(not task.done() for task in sprayed)
+            flood_answers = await asyncio.gather(*sprayed)
+
+    assert answer.status_code == 200, answer.text
+    assert [response.status_code for response in flood_answers] == [401] * flood
+    # Served after at most the hash running when it came: most of the flood still waits.
+    assert flood_still_queued >= flood // 2, flood_still_queued

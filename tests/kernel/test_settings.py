@@ -71,7 +71,13 @@ def test_each_bad_value_gets_its_own_line() -> None:
 
 
 @pytest.mark.parametrize(
-    ("variable", "value"), [("LOGIN_MAX_FAILURES", "abc"), ("DATABASE_URL", "mysql://x")]
+    ("variable", "value"),
+    [
+        ("LOGIN_MAX_FAILURES", "abc"),
+        ("DATABASE_URL", "mysql://x"),
+        ("RATE_LIMIT_PER_IP", "60/day"),
+        ("TRUSTED_PROXIES", "10.0.0.1/8"),
+    ],
 )
 @pytest.mark.parametrize("command", ["migrate", "serve"])
 async def test_cli_with_a_bad_setting_exits_with_a_one_line_message(
