@@ -7,6 +7,7 @@ from pathlib import Path
 
 import httpx
 
+from kernel.hashing import PasswordHashing
 from kernel.settings import Settings
 from tests.conftest import make_settings
 from tests.factories import DEFAULT_PASSWORD, assert_problem, register, serving
@@ -105,7 +106,7 @@ async def test_a_flood_from_one_address_does_not_queue_another_addresss_login_be
                 asyncio.create_task(attacker.post(login, json=unknown_email_login()))
                 for _ in range(flood)
             ]
-            hashing = app.state.hashing
+            hashing: PasswordHashing = app.state.hashing
 
             def every_sprayed_login_reached_the_slot() -> bool:
                 # Queued, hashing, or (on a slow machine, the first ones) answered already.
