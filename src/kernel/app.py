@@ -9,6 +9,7 @@ from fastapi import Depends, FastAPI, Request
 from pydantic import BaseModel
 from sqlalchemy import text
 
+from kernel.api_docs import install_docs
 from kernel.db import Database
 from kernel.email_tokens import EmailTokens
 from kernel.errors import DatabaseUnavailable, install_error_handlers, problem_responses
@@ -69,7 +70,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         version="1",
         summary="User accounts for REST clients and mobile-app backends.",
         lifespan=lifespan,
-        docs_url="/docs" if settings.docs_enabled else None,
+        # /docs is ours (kernel.api_docs), served without a CDN; there is no /redoc.
+        docs_url=None,
         redoc_url=None,
         openapi_url="/openapi.json" if settings.docs_enabled else None,
         dependencies=[
@@ -129,6 +131,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     mount_slices(app)
     install_openapi(app)
+    if app.openapi_url:
+        install_docs(app, app.openapi_url)
     return app
 
 
