@@ -81,8 +81,13 @@ class CliResult:
 
 async def run_cli(*args: str, env: Mapping[str, str], cwd: Path) -> CliResult:
     """`userapi ARGS` in a subprocess, bounded by a timeout that reports what it printed."""
+    return await run_program(USERAPI, *args, env=env, cwd=cwd)
+
+
+async def run_program(program: str, *args: str, env: Mapping[str, str], cwd: Path) -> CliResult:
+    """PROGRAM ARGS in a subprocess, bounded by a timeout that reports what it printed."""
     process = await asyncio.create_subprocess_exec(
-        USERAPI,
+        program,
         *args,
         env=env,
         cwd=cwd,
@@ -96,8 +101,9 @@ async def run_cli(*args: str, env: Mapping[str, str], cwd: Path) -> CliResult:
     except TimeoutError:
         process.kill()
         stdout, stderr = await asyncio.wait_for(communicating, STOP_TIMEOUT_SECONDS)
+        command = " ".join([Path(program).name, *args])
         raise ProcessError(
-            f"userapi {' '.join(args)} did not finish within {CLI_TIMEOUT_SECONDS:.0f} s\n"
+            f"{command} did not finish within {CLI_TIMEOUT_SECONDS:.0f} s\n"
             f"--- stdout (last lines) ---\n{tail(stdout.decode(errors='replace'))}\n"
             f"--- stderr (last lines) ---\n{tail(stderr.decode(errors='replace'))}"
         ) from None
