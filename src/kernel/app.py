@@ -8,11 +8,18 @@ from typing import Any
 from fastapi import Depends, FastAPI, Request
 from pydantic import BaseModel
 from sqlalchemy import text
+from sqlalchemy.exc import SQLAlchemyError
 
 from kernel.api_docs import install_docs
-from kernel.db import Database
+from kernel.db import Database, metadata
 from kernel.email_tokens import EmailTokens
-from kernel.errors import DatabaseUnavailable, install_error_handlers, problem_responses
+from kernel.errors import (
+    RETRY_AFTER_OUTAGE,
+    DatabaseUnavailable,
+    SchemaNotReady,
+    install_error_handlers,
+    problem_responses,
+)
 from kernel.guesses import PasswordGuesses
 from kernel.hashing import PasswordHashing
 from kernel.mail_delivery import MailSender
@@ -22,7 +29,7 @@ from kernel.middleware import (
     ProblemCORSMiddleware,
     RequestContextMiddleware,
 )
-from kernel.migrations import current_revision, head_revision
+from kernel.migrations import SchemaReadiness
 from kernel.openapi import install_openapi
 from kernel.send_limits import SendLimits
 from kernel.sessions import RefreshTokens
@@ -38,6 +45,18 @@ class Health(BaseModel):
     status: str
 
 
+async def _log_schema_problem(schema: SchemaReadiness, database: Database) -> None:
+    """Say at start-up, once and loudly, what /ready will refuse on."""
+    try:
+        problem = await schema.problem(database)
+    except (SQLAlchemyError, DatabaseUnavailable, OSError) as error:
+        # Unreachable: /ready says so on every probe, and the keyring has warned already.
+        log.warning("database schema not checked: %s", type(error).__name__)
+        return
+    if problem is not None:
+        log.error("not ready: %s", problem)
+
+
 def create_app(settings: Settings | None = None) -> FastAPI:
     settings = settings or load_settings()
     logging.basicConfig(
@@ -47,7 +66,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     logging.getLogger("alembic.runtime.migration").setLevel(logging.WARNING)
     database = Database(settings)
     hashing = PasswordHashing(settings)
-    schema_head = head_revision()
+    schema = SchemaReadiness(metadata)
     keyring = Keyring(settings)
     mail_sender = MailSender(database, settings) if settings.mail_sender_enabled else None
 
@@ -57,6 +76,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         # Creates the first signing key if there is none; then re-reads the set in the
         # background, so a rotation reaches this process without a restart.
         await keyring.start(database)
+        await _log_schema_problem(schema, database)
         if mail_sender is not None:
             await mail_sender.start()
         yield
@@ -116,17 +136,24 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         """
         return Health(status="ok")
 
-    @app.get("/ready", tags=["operations"], responses=problem_responses(DatabaseUnavailable))
+    @app.get(
+        "/ready",
+        tags=["operations"],
+        responses=problem_responses(DatabaseUnavailable, SchemaNotReady),
+    )
     async def ready(request: Request) -> Health:
-        """Readiness: the database answers and its schema is at the newest migration.
+        """Readiness: the database answers and has every table and column this code uses.
 
-        For readiness probes and load balancers: 503 while this process cannot serve.
+        At the newest migration, or at a later release's (migrations only add, so a
+        rolling deploy keeps old processes ready). For readiness probes and load
+        balancers: 503 while this process cannot serve.
         """
         db: Database = request.app.state.database
         async with db.engine.connect() as connection:
             await connection.execute(text("SELECT 1"))
-        if await current_revision(db) != schema_head:
-            raise DatabaseUnavailable("The database schema is not at the newest migration.")
+        problem = await schema.problem(db)
+        if problem is not None:
+            raise SchemaNotReady(f"Not ready: {problem}.", headers=RETRY_AFTER_OUTAGE)
         return Health(status="ok")
 
     mount_slices(app)
