@@ -87,15 +87,18 @@ async def current_revision(database: Database) -> str | None:
 
 def _missing(connection: Connection, metadata: MetaData) -> list[str]:
     """Every table and column of the models that the database does not have."""
-    inspector = inspect(connection)
-    present = set(inspector.get_table_names())
+    # One reflection of every table's columns (one catalog query on PostgreSQL).
+    present = {
+        table: {column["name"] for column in columns}
+        for (_, table), columns in inspect(connection).get_multi_columns().items()
+    }
     missing = []
     for table in metadata.sorted_tables:
         if table.name not in present:
             missing.append(f"table {table.name}")
             continue
-        columns = {column["name"] for column in inspector.get_columns(table.name)}
-        missing += [f"column {table.name}.{c.name}" for c in table.columns if c.name not in columns]
+        have = present[table.name]
+        missing += [f"column {table.name}.{c.name}" for c in table.columns if c.name not in have]
     return missing
 
 
