@@ -222,21 +222,26 @@ def _new_log(workdir: Path) -> Path:
     raise ProcessError(f"no free userapi-serve-N.log name left in {workdir}")
 
 
-async def _spawn(workdir: Path, env: Mapping[str, str], port: int) -> Server:
+async def _spawn(
+    workdir: Path, env: Mapping[str, str], port: int, host_from_env: str | None
+) -> Server:
     log_path = _new_log(workdir)
+    if host_from_env:  # where to listen, told as a platform tells it: HOST and PORT
+        options, env = [], dict(env) | {"HOST": host_from_env, "PORT": str(port)}
+    else:
+        options = ["--port", str(port)]
     with log_path.open("wb") as log:  # the child keeps its own copy of the descriptor
         process = await asyncio.create_subprocess_exec(
             USERAPI,
             "serve",
-            "--port",
-            str(port),
+            *options,
             cwd=workdir,
             env=env,
             stdin=asyncio.subprocess.DEVNULL,
             stdout=log,
             stderr=asyncio.subprocess.STDOUT,
         )
-    return Server(process, f"http://127.0.0.1:{port}", log_path)
+    return Server(process, f"http://{host_from_env or '127.0.0.1'}:{port}", log_path)
 
 
 async def _stop(server: Server) -> None:
@@ -247,13 +252,18 @@ async def _stop(server: Server) -> None:
 
 @asynccontextmanager
 async def serving_process(
-    workdir: Path, env: Mapping[str, str], *, port: int | None = None
+    workdir: Path,
+    env: Mapping[str, str],
+    *,
+    port: int | None = None,
+    host_from_env: str | None = None,
 ) -> AsyncIterator[Server]:
     """`userapi serve` with exactly this environment, healthy; killed and reaped however
-    the test ends. Its output is in `server.log_path`, and in the report of any failure."""
+    the test ends. Its output is in `server.log_path`, and in the report of any failure.
+    With `host_from_env`, it is told where to listen by HOST and PORT, not by --port."""
     logs_requests = env.get("LOG_LEVEL", "INFO").upper() in {"INFO", "DEBUG"}
     for attempt in range(1, PORT_ATTEMPTS + 1):
-        server = await _spawn(workdir, env, port or free_port())
+        server = await _spawn(workdir, env, port or free_port(), host_from_env)
         try:
             await _wait_healthy(server, logs_requests=logs_requests)
             break

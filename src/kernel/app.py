@@ -65,6 +65,11 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     # /ready asks Alembic for the revision; its per-call "Context impl" line is noise.
     logging.getLogger("alembic.runtime.migration").setLevel(logging.WARNING)
     database = Database(settings)
+    if settings.env == "production" and database.is_sqlite:
+        log.warning(
+            "ENV=production on SQLite: this runs on one machine only (its processes share "
+            "the file); to run several machines, use PostgreSQL (DATABASE_URL=postgresql://…)"
+        )
     hashing = PasswordHashing(settings)
     schema = SchemaReadiness(metadata)
     keyring = Keyring(settings)
