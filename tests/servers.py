@@ -84,8 +84,13 @@ class CliResult:
 
 async def run_cli(*args: str, env: Mapping[str, str], cwd: Path) -> CliResult:
     """`userapi ARGS` in a subprocess, bounded by a timeout that reports what it printed."""
+    return await run_program(USERAPI, *args, env=env, cwd=cwd)
+
+
+async def run_program(program: str, *args: str, env: Mapping[str, str], cwd: Path) -> CliResult:
+    """PROGRAM ARGS in a subprocess, bounded by a timeout that reports what it printed."""
     process = await asyncio.create_subprocess_exec(
-        USERAPI,
+        program,
         *args,
         env=env,
         cwd=cwd,
@@ -99,8 +104,9 @@ async def run_cli(*args: str, env: Mapping[str, str], cwd: Path) -> CliResult:
     except TimeoutError:
         process.kill()
         stdout, stderr = await asyncio.wait_for(communicating, STOP_TIMEOUT_SECONDS)
+        command = " ".join([Path(program).name, *args])
         raise ProcessError(
-            f"userapi {' '.join(args)} did not finish within {CLI_TIMEOUT_SECONDS:.0f} s\n"
+            f"{command} did not finish within {CLI_TIMEOUT_SECONDS:.0f} s\n"
             f"--- stdout (last lines) ---\n{tail(stdout.decode(errors='replace'))}\n"
             f"--- stderr (last lines) ---\n{tail(stderr.decode(errors='replace'))}"
         ) from None
@@ -239,14 +245,18 @@ async def _spawn(
     port: int,
     args: Sequence[str] = (),
     open_files: int | None = None,
+    host_from_env: str | None = None,
 ) -> Server:
     log_path = _new_log(workdir)
+    if host_from_env:  # where to listen, told as a platform tells it: HOST and PORT
+        options, env = [], dict(env) | {"HOST": host_from_env, "PORT": str(port)}
+    else:
+        options = ["--port", str(port)]
     with log_path.open("wb") as log:  # the child keeps its own copy of the descriptor
         process = await asyncio.create_subprocess_exec(
             USERAPI,
             "serve",
-            "--port",
-            str(port),
+            *options,
             *args,
             cwd=workdir,
             env=env,
@@ -256,7 +266,7 @@ async def _spawn(
             start_new_session=True,  # a process group of its own, workers included (_stop)
             preexec_fn=_open_files_limit(open_files) if open_files else None,
         )
-    return Server(process, f"http://127.0.0.1:{port}", log_path)
+    return Server(process, f"http://{host_from_env or '127.0.0.1'}:{port}", log_path)
 
 
 async def _stop(server: Server) -> None:
@@ -275,14 +285,18 @@ async def serving_process(
     port: int | None = None,
     args: Sequence[str] = (),
     open_files: int | None = None,
+    host_from_env: str | None = None,
 ) -> AsyncIterator[Server]:
     """`userapi serve [ARGS]` with exactly this environment, healthy; killed and reaped
     however the test ends. Its output is in `server.log_path`, and in the report of any
     failure. `open_files`: the process's `ulimit -n`, for tests of running out of
-    descriptors."""
+    descriptors. With `host_from_env`, it is told where to listen by HOST and PORT, not
+    by --port."""
     logs_requests = env.get("LOG_LEVEL", "INFO").upper() in {"INFO", "DEBUG"}
     for attempt in range(1, PORT_ATTEMPTS + 1):
-        server = await _spawn(workdir, env, port or free_port(), args, open_files)
+        server = await _spawn(
+            workdir, env, port or free_port(), args, open_files, host_from_env=host_from_env
+        )
         try:
             await _wait_healthy(server, logs_requests=logs_requests)
             break

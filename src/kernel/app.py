@@ -1,5 +1,6 @@
 """create_app(): settings -> database -> middleware -> error handlers -> health -> slices."""
 
+import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
@@ -8,12 +9,16 @@ from fastapi import Depends, FastAPI, Request, Response
 from pydantic import BaseModel
 from sqlalchemy import exc as sa_exc
 from sqlalchemy import text
+from sqlalchemy.exc import SQLAlchemyError
 
+from kernel.api_docs import install_docs
 from kernel.client_ip import ClientAddressMiddleware
-from kernel.db import Database
+from kernel.db import Database, metadata
 from kernel.email_tokens import EmailTokens
 from kernel.errors import (
+    RETRY_AFTER_OUTAGE,
     DatabaseUnavailable,
+    SchemaNotReady,
     install_error_handlers,
     is_outage,
     problem_responses,
@@ -29,7 +34,7 @@ from kernel.middleware import (
     ProblemCORSMiddleware,
     RequestContextMiddleware,
 )
-from kernel.migrations import current_revision, head_revision
+from kernel.migrations import SchemaReadiness
 from kernel.openapi import install_openapi
 from kernel.rate_limits import PerIPRateLimit
 from kernel.send_limits import SendLimits
@@ -39,9 +44,23 @@ from kernel.signing_keys import Keyring
 from kernel.slices import mount_slices, refuse_methods_a_literal_path_lacks
 from kernel.tokens import AccessTokens
 
+log = logging.getLogger("userapi")
+
 
 class Health(BaseModel):
     status: str
+
+
+async def _log_schema_problem(schema: SchemaReadiness, database: Database) -> None:
+    """Say at start-up, once and loudly, what /ready will refuse on."""
+    try:
+        problem = await schema.problem(database)
+    except (SQLAlchemyError, DatabaseUnavailable, OSError) as error:
+        # Unreachable: /ready says so on every probe, and the keyring has warned already.
+        log.warning("database schema not checked: %s", type(error).__name__)
+        return
+    if problem is not None:
+        log.error("not ready: %s", problem)
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:
@@ -51,8 +70,13 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     database = Database(settings)
     if metrics is not None:
         metrics.watch_pool(database.engine)
+    if settings.env == "production" and database.is_sqlite:
+        log.warning(
+            "ENV=production on SQLite: this runs on one machine only (its processes share "
+            "the file); to run several machines, use PostgreSQL (DATABASE_URL=postgresql://…)"
+        )
     hashing = PasswordHashing(settings, metrics.hashing if metrics else None)
-    schema_head = head_revision()
+    schema = SchemaReadiness(metadata)
     keyring = Keyring(settings)
     mail_sender = (
         MailSender(database, settings, attempts=metrics.mail_attempts if metrics else None)
@@ -67,6 +91,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         # Creates the first signing key if there is none; then re-reads the set in the
         # background, so a rotation reaches this process without a restart.
         await keyring.start(database)
+        await _log_schema_problem(schema, database)
         if mail_sender is not None:
             await mail_sender.start()
         yield
@@ -83,7 +108,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         version="1",
         summary="User accounts for REST clients and mobile-app backends.",
         lifespan=lifespan,
-        docs_url="/docs" if settings.docs_enabled else None,
+        # /docs is ours (kernel.api_docs), served without a CDN; there is no /redoc.
+        docs_url=None,
         redoc_url=None,
         openapi_url="/openapi.json" if settings.docs_enabled else None,
         dependencies=[
@@ -132,23 +158,32 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         """
         return Health(status="ok")
 
-    @app.get("/ready", tags=["operations"], responses=problem_responses(DatabaseUnavailable))
+    @app.get(
+        "/ready",
+        tags=["operations"],
+        responses=problem_responses(DatabaseUnavailable, SchemaNotReady),
+    )
     async def ready(request: Request) -> Health:
-        """Readiness: the database answers and its schema is at the newest migration.
+        """Readiness: the database answers and has every table and column this code uses.
 
-        For readiness probes and load balancers: 503 while this process cannot serve.
+        At the newest migration, or at a later release's (migrations only add, so a
+        rolling deploy keeps old processes ready). For readiness probes and load
+        balancers: 503 while this process cannot serve.
         """
         db: Database = request.app.state.database
         async with db.engine.connect() as connection:
             await connection.execute(text("SELECT 1"))
-        if await current_revision(db) != schema_head:
-            raise DatabaseUnavailable("The database schema is not at the newest migration.")
+        problem = await schema.problem(db)
+        if problem is not None:
+            raise SchemaNotReady(f"Not ready: {problem}.", headers=RETRY_AFTER_OUTAGE)
         return Health(status="ok")
 
     if metrics is not None:
         _install_metrics_route(app, metrics)
     mount_slices(app)
     install_openapi(app)
+    if app.openapi_url:
+        install_docs(app, app.openapi_url)
     return app
 
 

@@ -4,25 +4,28 @@ outbox | new-feature."""
 import argparse
 import asyncio
 import keyword
+import logging
 import os
 import re
 import shutil
 import signal
 import sys
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import NoReturn
 
 import uvicorn
 from pydantic import TypeAdapter, ValidationError
+from sqlalchemy.engine import make_url
+from sqlalchemy.exc import DBAPIError
 
 from kernel import migrations
 from kernel.db import Database
 from kernel.edge import EdgeProtocol
 from kernel.email_tokens import purge_spent_email_tokens
-from kernel.errors import EmailTaken, InvalidInput, ProblemError
+from kernel.errors import DatabaseUnavailable, EmailTaken, InvalidInput, ProblemError
 from kernel.events import EventType, purge_old_events, record_event
 from kernel.fields import Email
 from kernel.guesses import purge_expired_attempts
@@ -38,39 +41,45 @@ from kernel.slices import load_slices
 from kernel.users import Registration, User, create_user, find_user_by_email
 
 SCAFFOLD = Path(__file__).resolve().parent / "scaffold"
-_SLICE_NAME = re.compile(r"^[a-z][a-z0-9_]{0,62}$")
+# At most 40 characters: the scaffold's lines then fit ruff's 100 columns as generated.
+MAX_FEATURE_NAME = 40
+_SLICE_NAME = re.compile(rf"^[a-z][a-z0-9_]{{0,{MAX_FEATURE_NAME - 1}}}$")
 
 
 class CommandError(Exception):
     """A failure the operator can fix; printed as one line, exit status 1."""
 
 
-async def _migrate(settings: Settings) -> None:
+async def _migrate(settings: Settings) -> str | None:
+    """Apply pending migrations; the revision the database is at afterwards."""
     database = Database(settings)
     try:
         await migrations.upgrade(database)
+        return await migrations.current_revision(database)
     finally:
         await database.dispose()
 
 
 def _serve(args: argparse.Namespace, settings: Settings) -> None:
+    host, port = args.host or settings.host, args.port or settings.port
+    workers = args.workers or settings.web_concurrency
     if settings.auto_migrate:
         # Once here, before the workers start, rather than once per worker.
         asyncio.run(_migrate(settings))
     # The workers inherit it: they split the hashing memory budget between them.
-    os.environ["WEB_CONCURRENCY"] = str(args.workers)
+    os.environ["WEB_CONCURRENCY"] = str(workers)
     if not settings.public_url and settings.env != "production":
         # Mailed links in development open the pages of this very server.
-        host = "127.0.0.1" if args.host in ("0.0.0.0", "::") else args.host  # noqa: S104
-        os.environ["PUBLIC_URL"] = f"http://{host}:{args.port}"
+        shown = "127.0.0.1" if host in ("0.0.0.0", "::") else host  # noqa: S104
+        os.environ["PUBLIC_URL"] = f"http://{shown}:{port}"
     configure_logging(settings)
-    with _metrics_folder(settings, args.workers):
+    with _metrics_folder(settings, workers):
         uvicorn.run(
             "kernel.app:create_app",
             factory=True,
-            host=args.host,
-            port=args.port,
-            workers=args.workers,
+            host=host,
+            port=port,
+            workers=workers,
             # The limits a hostile connection meets before the app sees a request
             # (kernel.edge).
             http=EdgeProtocol,
@@ -256,7 +265,10 @@ async def _promote(settings: Settings, email: str) -> User:
 def _new_feature(name: str, root: Path) -> list[Path]:
     """Copy the scaffold into ROOT/features/NAME and ROOT/tests/features (ROOT: the project)."""
     if not _SLICE_NAME.match(name) or keyword.iskeyword(name):
-        raise CommandError(f"invalid feature name {name!r}: use snake_case, like saved_searches")
+        raise CommandError(
+            f"invalid feature name {name!r}: use snake_case of at most {MAX_FEATURE_NAME}"
+            " characters, like saved_searches"
+        )
     if not (root / "features").is_dir():
         raise CommandError(f"{root} has no features/ folder: run this from the project root")
     target = root / "features" / name
@@ -282,13 +294,40 @@ def _new_feature(name: str, root: Path) -> list[Path]:
     return written
 
 
+def _bounded(name: str, low: int, high: int) -> Callable[[str], int]:
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            value = low - 1
+        if not low <= value <= high:
+            raise argparse.ArgumentTypeError(f"{name} is a whole number from {low} to {high}")
+        return value
+
+    return parse
+
+
+_port = _bounded("a port", 1, 65535)
+_workers = _bounded("the number of workers", 1, 256)
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="userapi", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
-    serve = commands.add_parser("serve", help="apply pending migrations, then serve HTTP")
-    serve.add_argument("--host", default="127.0.0.1")
-    serve.add_argument("--port", type=int, default=8000)
-    serve.add_argument("--workers", type=int, default=1)
+    serve = commands.add_parser(
+        "serve",
+        help="apply pending migrations, then serve HTTP",
+        description="Apply pending migrations (unless AUTO_MIGRATE=false), then serve HTTP.",
+    )
+    serve.add_argument("--host", help="the address to listen on (default: $HOST, else 127.0.0.1)")
+    serve.add_argument(
+        "--port", type=_port, help="the TCP port to listen on (default: $PORT, else 8000)"
+    )
+    serve.add_argument(
+        "--workers",
+        type=_workers,
+        help="worker processes on this machine (default: $WEB_CONCURRENCY, else 1)",
+    )
     commands.add_parser("migrate", help="apply pending migrations")
     commands.add_parser(
         "purge-expired", help="delete expired refresh tokens and other expired rows"
@@ -323,8 +362,37 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
+# SQLSTATE classes that mean the server is there but will not have us: connection
+# exceptions, bad credentials, no such database, too many connections, starting up or
+# shutting down. Any other database error is a bug, and keeps its traceback.
+_REFUSED_SQLSTATE_CLASSES = ("08", "28", "3D", "53", "57")
+
+
+def _location(settings: Settings) -> str:
+    """Where the database is, for an operator: host:port/name, never the password."""
+    url = make_url(settings.resolved_database_url)
+    if url.get_backend_name() == "sqlite":
+        return url.database or ":memory:"
+    return f"{url.host or 'localhost'}:{url.port or 5432}/{url.database or ''}"
+
+
+def _reason(error: BaseException | None) -> str:
+    if error is None:
+        return "no answer"
+    message = str(error).strip().splitlines()
+    return f"{type(error).__name__}: {message[0]}" if message else type(error).__name__
+
+
+def _refused(error: DBAPIError) -> bool:
+    sqlstate = str(getattr(error.orig, "sqlstate", None) or "")
+    return sqlstate[:2] in _REFUSED_SQLSTATE_CLASSES
+
+
 def main(argv: list[str] | None = None) -> None:
     args = _parser().parse_args(argv)
+    # The one-line failure below says what the connection warning would: not both.
+    logging.getLogger("userapi.db").addHandler(logging.NullHandler())
+    settings: Settings | None = None
     try:
         if args.command == "new-feature":
             for path in _new_feature(args.name, Path.cwd()):
@@ -334,8 +402,8 @@ def main(argv: list[str] | None = None) -> None:
         if args.command == "serve":
             _serve(args, settings)
         elif args.command == "migrate":
-            asyncio.run(_migrate(settings))
-            print(f"database at {migrations.head_revision()}")
+            # Not necessarily this code's newest: a later release may have migrated it.
+            print(f"database at {asyncio.run(_migrate(settings))}")
         elif args.command == "purge-expired":
             for name, count in asyncio.run(_purge_expired(settings)).items():
                 print(f"{count} expired {name} deleted")
@@ -365,6 +433,14 @@ def main(argv: list[str] | None = None) -> None:
                 raise CommandError("give --password or set USERAPI_ADMIN_PASSWORD")
             admin = asyncio.run(_create_admin(settings, _registration(args, password)))
             print(f"created admin {admin.email} ({admin.id})")
+    except DatabaseUnavailable as error:
+        assert settings is not None
+        _fail(f"cannot reach the database at {_location(settings)} ({_reason(error.__cause__)})")
+    except DBAPIError as error:
+        if settings is None or not _refused(error):
+            raise
+        refusal = str(error.orig).strip().splitlines()[:1] or [type(error.orig).__name__]
+        _fail(f"the database at {_location(settings)} refused the connection: {refusal[0]}")
     except InvalidInput as error:
         issue = error.errors[0] if error.errors else None
         _fail(f"invalid {issue.loc[-1]}: {issue.msg}" if issue else error.message)

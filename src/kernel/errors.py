@@ -141,6 +141,11 @@ class DatabaseUnavailable(ProblemError):
     status, code, detail = 503, "database_unavailable", "The database is unavailable."
 
 
+class SchemaNotReady(ProblemError):
+    status, code = 503, "schema_not_ready"
+    detail = "The database schema is not one this version of the code can run on."
+
+
 RETRY_AFTER_OUTAGE = {"Retry-After": "5"}
 
 

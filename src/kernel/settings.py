@@ -96,6 +96,10 @@ class Settings(BaseSettings):
     # uvicorn's own variable for its worker count; `userapi serve --workers` sets it,
     # so the hashing memory budget is shared among the workers of one machine.
     web_concurrency: int = Field(default=1, ge=1, le=256)
+    # Where `userapi serve` listens unless --host / --port say otherwise (containers and
+    # platforms hand the port over in PORT).
+    host: str = Field(default="127.0.0.1", min_length=1)
+    port: int = Field(default=8000, ge=1, le=65535)
     hash_wait_seconds: float = Field(default=10.0, gt=0, le=300)
     db_pool_size: int = Field(default=10, ge=1, le=200)
     db_timeout_seconds: float = Field(default=5.0, gt=0, le=120)

@@ -5,10 +5,11 @@ import hashlib
 import hmac
 import importlib
 import json
+import os
 import shutil
 import sys
 import uuid
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -61,6 +62,39 @@ def slice_folder(parent: Path, name: str, source: str) -> Iterator[Path]:
         yield folder
     finally:
         remove_slice_folder(folder)
+
+
+# --- a temporary copy of the repository ----------------------------------------------
+
+REPOSITORY = FEATURES_DIR.parent
+_COPIED = ("pyproject.toml", "src", "features", "tests", "migrations")
+
+
+def copy_repository(destination: Path) -> Path:
+    """What a developer edits (source, slices, tests, migrations, pyproject.toml), copied,
+    so a test can add slices and migrations as a developer would, never in the real tree."""
+    destination.mkdir()
+    ignored = shutil.ignore_patterns("__pycache__", ".mypy_cache", ".pytest_cache", "*.db")
+    for name in _COPIED:
+        source = REPOSITORY / name
+        if source.is_dir():
+            shutil.copytree(source, destination / name, ignore=ignored)
+        else:
+            shutil.copy2(source, destination / name)
+    return destination
+
+
+def running_in(copy: Path, env: Mapping[str, str]) -> dict[str, str]:
+    """ENV, with the copy's src/ and root first on the path: its kernel and slices load."""
+    return dict(env) | {"PYTHONPATH": f"{copy / 'src'}{os.pathsep}{copy}"}
+
+
+def add_slice(project: Path, name: str, source: str) -> Path:
+    folder = project / "features" / name
+    folder.mkdir()
+    (folder / "__init__.py").write_text("")
+    (folder / "slice.py").write_text(source)
+    return folder
 
 
 def unique_name(prefix: str) -> str:

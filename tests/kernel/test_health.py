@@ -30,14 +30,20 @@ async def test_ready_is_503_when_the_schema_is_behind_the_newest_migration(
     client: httpx.AsyncClient, app: FastAPI
 ) -> None:
     database: Database = app.state.database
-    await migrations.downgrade(database, "base")
+    assert (await client.get("/ready")).status_code == 200  # the same process, ready before
+    await migrations.downgrade(database, "-1")
     try:
+        behind = await migrations.current_revision(database)
         response = await client.get("/ready")
     finally:
         # PostgreSQL's test database is shared by the session: put the schema back.
         await migrations.upgrade(database)
 
-    assert_problem(response, 503, "database_unavailable")
+    assert_problem(response, 503, "schema_not_ready")
+    detail = response.json()["detail"]
+    assert f"at {behind}, behind {migrations.head_revision()}" in detail
+    assert "userapi migrate" in detail
+    assert response.headers["Retry-After"]
 
 
 async def test_ready_is_503_on_a_database_never_migrated(
@@ -46,7 +52,8 @@ async def test_ready_is_503_on_a_database_never_migrated(
     async with serving(make_settings(empty_database.url, tmp_path)) as (_, http):
         response = await http.get("/ready")
 
-    assert_problem(response, 503, "database_unavailable")
+    assert_problem(response, 503, "schema_not_ready")
+    assert "no migrations applied" in response.json()["detail"]
 
 
 async def test_health_is_200_even_when_the_database_is_not_ready(
