@@ -46,13 +46,13 @@ class UserPage(BaseModel):
     )
 
 
-def _cursor_values(sort: Sort, last: User) -> list[Any]:
+def _cursor_values(sort: Sort, last: User) -> list[str]:
     key = last.email if sort.lstrip("-") == "email" else last.created_at.isoformat()
     return [sort, key, last.id.hex]
 
 
-def _cursor_position(sort: Sort) -> Callable[[list[Any]], tuple[Any, uuid.UUID]]:
-    def parse(values: list[Any]) -> tuple[Any, uuid.UUID]:
+def _cursor_position(sort: Sort) -> Callable[[list[str]], tuple[Any, uuid.UUID]]:
+    def parse(values: list[str]) -> tuple[Any, uuid.UUID]:
         cursor_sort, key, user_id = values
         if cursor_sort != sort:
             raise InvalidCursor("The cursor belongs to another sort order.")
