@@ -19,9 +19,8 @@ from sqlmodel import col
 from kernel.db import SessionDep
 from kernel.deps import AdminUser, SettingsDep
 from kernel.errors import Forbidden, problem_responses
-from kernel.fields import SafeText
 from kernel.pages import CURSOR_SCHEMA, CursorCodec, InvalidCursor, after
-from kernel.users import PrivateUser, User
+from kernel.users import PrivateUser, SearchText, User
 
 router = APIRouter(tags=["users"])
 
@@ -69,6 +68,8 @@ def _escape_like(text: str) -> str:
 def _filtered(query: Select[Any], q: str | None, is_active: bool | None) -> Select[Any]:
     if q:
         # search_key holds email and names case-folded by the kernel; fold q the same way.
+        # q is one line (SearchText) and the fields' separator is not, so a match never
+        # spans two fields.
         pattern = f"%{_escape_like(q.casefold())}%"
         query = query.where(col(User.search_key).like(pattern, escape="\\"))
     if is_active is not None:
@@ -121,7 +122,7 @@ async def list_users_route(
     settings: SettingsDep,
     limit: Annotated[int, Query(ge=1, le=100)] = 20,
     cursor: Annotated[str | None, Query(json_schema_extra=CURSOR_SCHEMA)] = None,
-    q: Annotated[SafeText | None, Query(max_length=100)] = None,
+    q: SearchText | None = None,
     is_active: bool | None = None,
     sort: Sort = "created_at",
     include_total: bool = False,

@@ -46,6 +46,10 @@ def storable(text: str) -> str:
 _BIDI_CONTROLS = frozenset("\u202a\u202b\u202c\u202d\u202e\u2066\u2067\u2068\u2069")
 
 
+# The same rule as a JSON Schema pattern, for the documents clients and fuzzers read.
+SINGLE_LINE_PATTERN = r"^[^\u0000-\u001f\u007f-\u009f\u202a-\u202e\u2066-\u2069]*$"
+
+
 def single_line(text: str) -> str:
     """A name is one line of visible text: no newline, tab or other control, no bidi tricks."""
     if any(unicodedata.category(char) == "Cc" or char in _BIDI_CONTROLS for char in text):

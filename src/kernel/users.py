@@ -6,7 +6,8 @@ from datetime import UTC, datetime
 from typing import Annotated, Any, Self
 
 from fastapi import Response
-from pydantic import BaseModel, PlainSerializer, WithJsonSchema
+from pydantic import AfterValidator, BaseModel, PlainSerializer, WithJsonSchema
+from pydantic import Field as PydanticField
 from sqlalchemy import Index, event, func, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -22,7 +23,16 @@ from kernel.db import (
     utc_now,
 )
 from kernel.errors import EmailTaken, LastAdmin
-from kernel.fields import AvatarUrl, Bio, Email, Name, StrictInput
+from kernel.fields import (
+    SINGLE_LINE_PATTERN,
+    AvatarUrl,
+    Bio,
+    Email,
+    Name,
+    StrictInput,
+    single_line,
+    storable,
+)
 from kernel.hashing import PasswordHashing
 from kernel.passwords import Password, check_new_password
 
@@ -37,7 +47,18 @@ Timestamp = Annotated[
     PlainSerializer(_rfc3339, return_type=str),
     WithJsonSchema({"type": "string", "format": "date-time"}),
 ]
+# Between the fields of the search key: a control character, which no email or name may
+# hold (kernel.fields) and no search may either (SearchText), so a match is always
+# within one field, never across the end of one and the start of the next.
 SEARCH_SEPARATOR = "\n"
+SEARCH_MAX_LENGTH = 100
+# What a search of the users (`q`) may be: one line, as the fields it looks in.
+SearchText = Annotated[
+    str,
+    PydanticField(max_length=SEARCH_MAX_LENGTH, json_schema_extra={"pattern": SINGLE_LINE_PATTERN}),
+    AfterValidator(storable),
+    AfterValidator(single_line),
+]
 
 
 class User(SQLModel, table=True):

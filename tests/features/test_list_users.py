@@ -305,6 +305,54 @@ async def test_a_cursor_signed_the_same_way_with_string_values_is_accepted(
 
 
 @pytest.mark.parametrize(
+    "q",
+    [
+        "\n",
+        "example.com\nada",
+        "com\nada\nlovelace",
+        "ada\nlovelace",
+        "\t",
+        "\r",
+        "\x1f",
+        "\x7f",
+        "\u202e",
+    ],
+)
+async def test_q_never_matches_across_fields_a_control_character_is_422(
+    client: httpx.AsyncClient, admin: Account, q: str
+) -> None:
+    # No email or name holds a control character, so no q holding one is a substring of
+    # a field: refused like a NUL, rather than matching across email and names.
+    await register(client, email="ada@example.com", first_name="Ada", last_name="Lovelace")
+
+    response = await client.get("/api/v1/users", headers=admin.headers, params={"q": q})
+
+    assert_problem(response, 422, "validation_error")
+
+
+@pytest.mark.parametrize(
+    ("q", "expected"),
+    [
+        ("example.net", ["bob@example.org", "zq@example.net"]),
+        ("zelda", ["zq@example.net"]),
+        ("quux", ["zq@example.net"]),
+        ("net zelda", []),
+        ("netzelda", []),
+        ("zeldaquux", []),
+        ("zelda quux", []),
+        ("bob smith", ["bob@example.org"]),
+    ],
+)
+async def test_q_matches_within_one_field_only(
+    client: httpx.AsyncClient, admin: Account, q: str, expected: list[str]
+) -> None:
+    await register(client, email="zq@example.net", first_name="Zelda", last_name="Quux")
+    await register(client, email="bob@example.org", first_name="Bob Smith", last_name="example.net")
+
+    assert await emails(client, admin, q=q, sort="email") == expected
+
+
+@pytest.mark.parametrize(
     ("q", "expected"),
     [
         ("ALICE@EXAMPLE", ["alice@example.com"]),
