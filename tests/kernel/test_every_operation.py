@@ -513,3 +513,41 @@ async def test_operation_generates_a_request_id_when_none_is_sent(
 
     assert response.headers["x-request-id"]
     assert_problem_if_error(response)
+
+
+# --- paths --------------------------------------------------------------------------------
+
+# Served routes the document leaves out (the account pages), and the documents themselves.
+UNDOCUMENTED_PATHS = ["/account/reset-password", "/account/verify-email", "/docs", "/openapi.json"]
+
+
+@each(OPERATIONS)
+async def test_operation_with_a_trailing_slash_is_404_never_a_redirect(
+    client: httpx.AsyncClient, admin: Account, user: Account, operation: Operation
+) -> None:
+    # A redirect would point the client at the Host it sent, and a 307 makes it send its
+    # credentials (or a password) there again.
+    before = await observable_state(client, admin)
+    body = example_body(operation, user)
+    content = None if body is None else json.dumps(body).encode()
+    headers = credentials(operation, admin) | {"Content-Type": "application/json"}
+
+    response = await client.request(
+        operation.method, operation.url(user.id) + "/", content=content, headers=headers
+    )
+
+    assert_refused(response, 404, "not_found")
+    assert "location" not in response.headers
+    await assert_unchanged(client, before, admin, user)
+
+
+@pytest.mark.parametrize("path", UNDOCUMENTED_PATHS)
+async def test_a_served_page_with_a_trailing_slash_is_404(
+    client: httpx.AsyncClient, path: str
+) -> None:
+    assert (await client.get(path)).status_code == 200  # the page itself is there
+
+    response = await client.get(path + "/")
+
+    assert_refused(response, 404, "not_found")
+    assert "location" not in response.headers
