@@ -174,13 +174,22 @@ async def lock_user(session: AsyncSession, user: User) -> None:
 
 
 async def ensure_not_last_admin(session: AsyncSession, user: User) -> None:
-    """Refuse to demote or deactivate the only remaining active admin."""
+    """Refuse to demote or deactivate the only remaining active admin.
+
+    Every removal of an active admin passes here, one at a time, so the caller is
+    confirmed again under the lock: one removed by a removal that held it just before
+    is refused, not counted as an admin (a ring of admins each removing the next must
+    end as some serial order of those requests would).
+    """
     if not user.is_active_admin:
         return
     if dialect_name(session) == "postgresql":
         # Two admins demoting each other at once must not both succeed: serialise here.
-        # (SQLite writers are already serialised by BEGIN IMMEDIATE.)
+        # (SQLite writers are already serialised by BEGIN IMMEDIATE, so lock_user's
+        # confirmation of the caller was already under the lock.)
         await session.execute(select(func.pg_advisory_xact_lock(0x55534552)))
+        # What committed while this request waited for the lock is visible now.
+        await run_rechecks(session)
     others = await session.scalar(
         select(func.count())
         .select_from(User)
