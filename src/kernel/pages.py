@@ -26,11 +26,14 @@ class InvalidCursor(ProblemError):
 
 
 # Documented shape only: the codec itself checks it, so that any malformed cursor gets
-# the contract's 422 invalid_cursor rather than a generic validation error.
+# the contract's 422 invalid_cursor rather than a generic validation error. The shape
+# is exactly what encode() writes: a JSON list ("[" is base64url "W"), a dot, and the
+# 16-byte signature (22 characters). Which cursors are signed, no schema can say.
 CURSOR_MAX_LENGTH = 1000
+SIGNATURE_BYTES = 16
 CURSOR_SCHEMA: dict[str, Any] = {
     "maxLength": CURSOR_MAX_LENGTH,
-    "pattern": r"^[A-Za-z0-9_-]+\.[A-Za-z0-9_-]+$",
+    "pattern": r"^W[A-Za-z0-9_-]*\.[A-Za-z0-9_-]{22}$",
 }
 
 
@@ -47,7 +50,7 @@ class CursorCodec:
         self._key = hashlib.sha256(f"{purpose} cursor:{secret}".encode()).digest()
 
     def _sign(self, payload: bytes) -> bytes:
-        return hmac.new(self._key, payload, hashlib.sha256).digest()[:16]
+        return hmac.new(self._key, payload, hashlib.sha256).digest()[:SIGNATURE_BYTES]
 
     def encode(self, values: list[str]) -> str:
         payload = json.dumps(values, separators=(",", ":")).encode()

@@ -27,6 +27,7 @@ from kernel.fields import (
     SINGLE_LINE_PATTERN,
     AvatarUrl,
     Bio,
+    Documented,
     Email,
     Name,
     StrictInput,
@@ -55,7 +56,8 @@ SEARCH_MAX_LENGTH = 100
 # What a search of the users (`q`) may be: one line, as the fields it looks in.
 SearchText = Annotated[
     str,
-    PydanticField(max_length=SEARCH_MAX_LENGTH, json_schema_extra={"pattern": SINGLE_LINE_PATTERN}),
+    PydanticField(max_length=SEARCH_MAX_LENGTH),
+    Documented(pattern=SINGLE_LINE_PATTERN),
     AfterValidator(storable),
     AfterValidator(single_line),
 ]
@@ -133,7 +135,7 @@ class PublicUser(BaseModel):
 class PrivateUser(PublicUser):
     """What the user themself and admins see."""
 
-    email: str
+    email: Annotated[str, Documented(format="email")]
     email_verified: bool
     is_active: bool
     is_superuser: bool
