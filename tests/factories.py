@@ -1,5 +1,9 @@
 """Tiny factories and assertions for tests: arrange through the API or the kernel only."""
 
+import base64
+import hashlib
+import hmac
+import json
 import uuid
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -120,6 +124,18 @@ async def deactivate_self(client: httpx.AsyncClient, account: Account) -> None:
 
 async def refresh(client: httpx.AsyncClient, refresh_token: str) -> httpx.Response:
     return await client.post("/api/v1/auth/refresh", json={"refresh_token": refresh_token})
+
+
+def signed_cursor(values: Any, purpose: str, secret: str = TEST_SECRET) -> str:
+    """A list cursor holding `values`, signed as the server signs its own (kernel.pages):
+    what someone holding SECRET_KEY could send, whatever the values are."""
+
+    def b64(raw: bytes) -> str:
+        return base64.urlsafe_b64encode(raw).rstrip(b"=").decode()
+
+    key = hashlib.sha256(f"{purpose} cursor:{secret}".encode()).digest()
+    payload = json.dumps(values, separators=(",", ":")).encode()
+    return f"{b64(payload)}.{b64(hmac.new(key, payload, hashlib.sha256).digest()[:16])}"
 
 
 def assert_problem(response: httpx.Response, status: int, code: str) -> dict[str, Any]:

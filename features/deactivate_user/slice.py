@@ -108,7 +108,11 @@ async def deactivate_user_route(
     guesses: GuessesDep,
     ip: ClientIP,
     user_agent: UserAgent,
-    body: Deactivation | None = Body(default=None),
+    body: Deactivation | None = Body(
+        default=None,
+        description="Administrators deactivating someone else send no body (or null). "
+        "For your own account current_password is required: without it, 422.",
+    ),
 ) -> PrivateUser:
     """Deactivate a user: administrators need no body; for yourself, confirm your password.
 

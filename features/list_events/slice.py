@@ -11,7 +11,7 @@ whose changes they record (kernel.events.record_event); this slice only reads th
 import re
 import uuid
 from datetime import datetime
-from typing import Annotated, Any
+from typing import Annotated
 
 from fastapi import APIRouter, Query
 from pydantic import BaseModel, BeforeValidator
@@ -53,7 +53,7 @@ def _rfc3339_only(value: object) -> object:
 QueryTime = Annotated[datetime, BeforeValidator(_rfc3339_only)]
 
 
-def _position(values: list[Any]) -> tuple[datetime, uuid.UUID]:
+def _position(values: list[str]) -> tuple[datetime, uuid.UUID]:
     at, event_id = values
     return datetime.fromisoformat(at), uuid.UUID(hex=event_id)
 

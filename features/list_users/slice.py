@@ -19,9 +19,8 @@ from sqlmodel import col
 from kernel.db import SessionDep
 from kernel.deps import AdminUser, SettingsDep
 from kernel.errors import Forbidden, problem_responses
-from kernel.fields import SafeText
 from kernel.pages import CURSOR_SCHEMA, CursorCodec, InvalidCursor, after
-from kernel.users import PrivateUser, User, not_erased
+from kernel.users import PrivateUser, SearchText, User, not_erased
 
 router = APIRouter(tags=["users"])
 
@@ -46,13 +45,13 @@ class UserPage(BaseModel):
     )
 
 
-def _cursor_values(sort: Sort, last: User) -> list[Any]:
+def _cursor_values(sort: Sort, last: User) -> list[str]:
     key = last.email if sort.lstrip("-") == "email" else last.created_at.isoformat()
     return [sort, key, last.id.hex]
 
 
-def _cursor_position(sort: Sort) -> Callable[[list[Any]], tuple[Any, uuid.UUID]]:
-    def parse(values: list[Any]) -> tuple[Any, uuid.UUID]:
+def _cursor_position(sort: Sort) -> Callable[[list[str]], tuple[Any, uuid.UUID]]:
+    def parse(values: list[str]) -> tuple[Any, uuid.UUID]:
         cursor_sort, key, user_id = values
         if cursor_sort != sort:
             raise InvalidCursor("The cursor belongs to another sort order.")
@@ -70,6 +69,8 @@ def _filtered(query: Select[Any], q: str | None, is_active: bool | None) -> Sele
     query = query.where(not_erased())
     if q:
         # search_key holds email and names case-folded by the kernel; fold q the same way.
+        # q is one line (SearchText) and the fields' separator is not, so a match never
+        # spans two fields.
         pattern = f"%{_escape_like(q.casefold())}%"
         query = query.where(col(User.search_key).like(pattern, escape="\\"))
     if is_active is not None:
@@ -122,7 +123,7 @@ async def list_users_route(
     settings: SettingsDep,
     limit: Annotated[int, Query(ge=1, le=100)] = 20,
     cursor: Annotated[str | None, Query(json_schema_extra=CURSOR_SCHEMA)] = None,
-    q: Annotated[SafeText | None, Query(max_length=100)] = None,
+    q: SearchText | None = None,
     is_active: bool | None = None,
     sort: Sort = "created_at",
     include_total: bool = False,

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Header, Response
-from pydantic import Field
+from pydantic import Field, WithJsonSchema
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -220,7 +220,19 @@ ERRORS = problem_responses(
     ServerBusy,
     TooManyRequests,
 )
-IfMatch = Annotated[str | None, Header(description="Update only if the user's ETag matches.")]
+# RFC 9110's If-Match: "*" or a list of entity tags. Documented as that, never as null:
+# absent means unconditional, and any other value (`null` too) matches no ETag: 412.
+IF_MATCH_SCHEMA = {
+    "type": "string",
+    "pattern": r'^(\*|(W/)?"[!#-~]*"(\s*,\s*(W/)?"[!#-~]*")*)$',
+    "description": "Update only if the user's ETag is one of these (strong comparison); "
+    "412 precondition_failed otherwise.",
+}
+IfMatch = Annotated[
+    str | None,
+    WithJsonSchema(IF_MATCH_SCHEMA),
+    Header(description="Update only if the user's ETag matches (412 otherwise)."),
+]
 
 
 @router.patch("/users/me", responses=ERRORS)

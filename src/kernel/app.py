@@ -119,6 +119,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         # operationId = the route function's name ("login", "update_me"): what generated
         # clients call their methods, so it should read well.
         generate_unique_id_function=lambda route: route.name.removesuffix("_route"),
+        # API.md: a trailing slash is 404, never a redirect. Starlette's redirect points
+        # at the Host header the client sent, and a 307 has the client resend its
+        # credentials there. Every router's routes end up in this one, so this is all.
+        redirect_slashes=False,
     )
     app.state.settings = settings
     app.state.database = database

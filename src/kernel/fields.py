@@ -12,11 +12,13 @@ from pydantic import (
     BeforeValidator,
     ConfigDict,
     Field,
+    GetJsonSchemaHandler,
     HttpUrl,
     TypeAdapter,
     ValidationError,
 )
-from pydantic_core import PydanticCustomError
+from pydantic.json_schema import JsonSchemaValue
+from pydantic_core import PydanticCustomError, core_schema
 from sqlmodel import SQLModel
 
 EMAIL_MAX_LENGTH = 320
@@ -46,6 +48,13 @@ def storable(text: str) -> str:
 _BIDI_CONTROLS = frozenset("\u202a\u202b\u202c\u202d\u202e\u2066\u2067\u2068\u2069")
 
 
+# The same rule as JSON Schema patterns, for the documents clients and fuzzers read.
+_UNSAFE = r"\u0000-\u001f\u007f-\u009f\u202a-\u202e\u2066-\u2069"
+SINGLE_LINE_PATTERN = rf"^[^{_UNSAFE}]*$"
+# A name: one line, and something other than whitespace (it is trimmed, then non-empty).
+NAME_PATTERN = rf"^[^{_UNSAFE}]*[^\s{_UNSAFE}][^{_UNSAFE}]*$"
+
+
 def single_line(text: str) -> str:
     """A name is one line of visible text: no newline, tab or other control, no bidi tricks."""
     if any(unicodedata.category(char) == "Cc" or char in _BIDI_CONTROLS for char in text):
@@ -53,6 +62,23 @@ def single_line(text: str) -> str:
             "string_control_character", "must not contain control or bidi-override characters"
         )
     return text
+
+
+class Documented:
+    """Annotated metadata: JSON Schema keywords (`format`, `pattern`) that describe what
+    the field's validators accept, for the documents clients and fuzzers read.
+
+    Not json_schema_extra, which a field's own Field(json_schema_extra=...) would
+    replace (update_user's omittable fields set theirs).
+    """
+
+    def __init__(self, **keywords: str) -> None:
+        self.keywords = keywords
+
+    def __get_pydantic_json_schema__(
+        self, schema: core_schema.CoreSchema, handler: GetJsonSchemaHandler
+    ) -> JsonSchemaValue:
+        return handler(schema) | self.keywords
 
 
 def _trimmed(value: object) -> object:
@@ -94,6 +120,7 @@ Name = Annotated[
     str,
     BeforeValidator(_trimmed),
     Field(min_length=1, max_length=100),  # after trimming: whitespace alone is refused
+    Documented(pattern=NAME_PATTERN),
     AfterValidator(storable),
     AfterValidator(single_line),
 ]
@@ -109,6 +136,7 @@ Email = Annotated[
     str,
     BeforeValidator(_trimmed),
     Field(min_length=3, max_length=EMAIL_MAX_LENGTH),
+    Documented(format="email"),
     AfterValidator(storable),
     AfterValidator(_email),
 ]

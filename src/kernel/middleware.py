@@ -12,6 +12,7 @@ script as a network error, never as the problem+json we sent.
 import json
 import logging
 import re
+import sys
 import time
 import uuid
 from typing import Any
@@ -230,8 +231,13 @@ def _json_problem(body: bytes) -> str | None:
         return "JSON nested too deeply"
     except UnicodeDecodeError:
         return "body is not valid UTF-8"
-    except ValueError:
+    except json.JSONDecodeError:
         return None  # plain syntax errors: FastAPI reports them with their position
+    except ValueError:
+        # CPython refuses to convert an integer of more than sys.get_int_max_str_digits()
+        # digits (a quadratic-time conversion); FastAPI would call that a 400. It is an
+        # out-of-range number like any other, whatever the route.
+        return f"number out of range: more than {sys.get_int_max_str_digits()} digits"
     return None
 
 

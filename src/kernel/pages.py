@@ -26,28 +26,37 @@ class InvalidCursor(ProblemError):
 
 
 # Documented shape only: the codec itself checks it, so that any malformed cursor gets
-# the contract's 422 invalid_cursor rather than a generic validation error.
+# the contract's 422 invalid_cursor rather than a generic validation error. The shape
+# is exactly what encode() writes: a JSON list ("[" is base64url "W"), a dot, and the
+# 16-byte signature (22 characters). Which cursors are signed, no schema can say.
 CURSOR_MAX_LENGTH = 1000
+SIGNATURE_BYTES = 16
 CURSOR_SCHEMA: dict[str, Any] = {
     "maxLength": CURSOR_MAX_LENGTH,
-    "pattern": r"^[A-Za-z0-9_-]+\.[A-Za-z0-9_-]+$",
+    "pattern": r"^W[A-Za-z0-9_-]*\.[A-Za-z0-9_-]{22}$",
 }
 
 
 class CursorCodec:
-    """Signs a JSON list of values into a cursor, and opens one (422 invalid_cursor)."""
+    """Signs a JSON list of strings into a cursor, and opens one (422 invalid_cursor).
+
+    Strings only: a sort key or an id is carried as text and parsed by the list itself.
+    Checking that here means a cursor signed with the real key but holding another JSON
+    value (a list, an object, a number) is refused like a forged one by every list,
+    instead of reaching its parser or a query as a value of the wrong type.
+    """
 
     def __init__(self, secret: str, purpose: str) -> None:
         self._key = hashlib.sha256(f"{purpose} cursor:{secret}".encode()).digest()
 
     def _sign(self, payload: bytes) -> bytes:
-        return hmac.new(self._key, payload, hashlib.sha256).digest()[:16]
+        return hmac.new(self._key, payload, hashlib.sha256).digest()[:SIGNATURE_BYTES]
 
-    def encode(self, values: list[Any]) -> str:
+    def encode(self, values: list[str]) -> str:
         payload = json.dumps(values, separators=(",", ":")).encode()
         return f"{_b64(payload)}.{_b64(self._sign(payload))}"
 
-    def decode(self, cursor: str, parse: Callable[[list[Any]], T]) -> T:
+    def decode(self, cursor: str, parse: Callable[[list[str]], T]) -> T:
         """The values `encode` signed, given to `parse`; any failure is invalid_cursor."""
         try:
             if len(cursor) > CURSOR_MAX_LENGTH or not cursor.isascii():
@@ -57,7 +66,7 @@ class CursorCodec:
             if not hmac.compare_digest(self._sign(payload), _unb64(signature_part)):
                 raise InvalidCursor()
             values = json.loads(payload)
-            if not isinstance(values, list):
+            if not isinstance(values, list) or not all(isinstance(v, str) for v in values):
                 raise InvalidCursor()
             return parse(values)
         except (ValueError, TypeError, binascii.Error):

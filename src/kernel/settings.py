@@ -34,6 +34,20 @@ class RequestRate(NamedTuple):
     window_seconds: int
 
 
+# zxcvbn's estimate of the guesses a key needs, as a power of ten. Repeated, sequential,
+# keyboard and dictionary text scores far below (32 "a"s: 10^2.6; "password" four times:
+# 10^1.1; a phrase such as "userapi-production-2026-secret-key": 10^24), while random keys
+# score far above (secrets.token_urlsafe(32): never below 10^41 in 20,000 tries; even 32
+# hex digits, 128 random bits that zxcvbn undercounts, never below 10^26).
+MIN_SECRET_GUESSES_LOG10 = 25
+# zxcvbn's own cap on input length: characters past it add nothing to the estimate.
+SECRET_ESTIMATE_MAX_LENGTH = 72
+SECRET_ADVICE = (
+    f"at least {MIN_SECRET_LENGTH} random characters, such as the output of "
+    "python -c 'import secrets; print(secrets.token_urlsafe(32))'"
+)
+
+
 class SettingsError(SystemExit):
     """A bad setting: stops start-up with one line per bad value, never a traceback."""
 
@@ -49,6 +63,16 @@ def _total_memory_kib() -> int | None:
         return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") // 1024
     except (ValueError, OSError, AttributeError):
         return None
+
+
+def _hard_to_guess(key: str) -> bool:
+    """Long enough, and not made of repeats, sequences or words (zxcvbn's estimate)."""
+    if len(key) < MIN_SECRET_LENGTH:
+        return False
+    from zxcvbn import zxcvbn  # its word lists load on first use: production only
+
+    estimate = zxcvbn(key[:SECRET_ESTIMATE_MAX_LENGTH], max_length=SECRET_ESTIMATE_MAX_LENGTH)
+    return float(estimate["guesses_log10"]) >= MIN_SECRET_GUESSES_LOG10
 
 
 class Settings(BaseSettings):
@@ -234,10 +258,16 @@ class Settings(BaseSettings):
     def _production_is_strict(self) -> "Settings":
         if self.env != "production":
             return self
-        if len(self.secret_key) < MIN_SECRET_LENGTH:
-            raise ValueError(
-                f"SECRET_KEY: required in production, at least {MIN_SECRET_LENGTH} characters"
-            )
+        if not self.secret_key:
+            raise ValueError(f"SECRET_KEY: required in production: {SECRET_ADVICE}")
+        for name, key in (
+            ("SECRET_KEY", self.secret_key),
+            ("SECRET_KEY_PREVIOUS", self.secret_key_previous),
+        ):
+            # A rotated-out key still verifies tokens and opens sealed keys: as guessable,
+            # it would be as dangerous as the current one.
+            if key and not _hard_to_guess(key):
+                raise ValueError(f"{name}: too short or too easy to guess; use {SECRET_ADVICE}")
         if self.argon2_memory_kib < OWASP_MIN_MEMORY_KIB:
             raise ValueError(f"ARGON2_MEMORY_KIB: below OWASP's minimum {OWASP_MIN_MEMORY_KIB}")
         if self.argon2_time_cost < OWASP_MIN_TIME_COST:

@@ -6,7 +6,15 @@ from datetime import UTC, datetime
 from typing import Annotated, Any, Self
 
 from fastapi import Response
-from pydantic import BaseModel, ConfigDict, JsonValue, PlainSerializer, WithJsonSchema
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    JsonValue,
+    PlainSerializer,
+    WithJsonSchema,
+)
+from pydantic import Field as PydanticField
 from sqlalchemy import Column, ColumnElement, Index, Table, event, func, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -23,7 +31,17 @@ from kernel.db import (
     utc_now,
 )
 from kernel.errors import EmailTaken, LastAdmin, UserNotFound
-from kernel.fields import AvatarUrl, Bio, Email, Name, StrictInput
+from kernel.fields import (
+    SINGLE_LINE_PATTERN,
+    AvatarUrl,
+    Bio,
+    Documented,
+    Email,
+    Name,
+    StrictInput,
+    single_line,
+    storable,
+)
 from kernel.hashing import PasswordHashing
 from kernel.passwords import Password, check_new_password
 
@@ -38,7 +56,19 @@ Timestamp = Annotated[
     PlainSerializer(_rfc3339, return_type=str),
     WithJsonSchema({"type": "string", "format": "date-time"}),
 ]
+# Between the fields of the search key: a control character, which no email or name may
+# hold (kernel.fields) and no search may either (SearchText), so a match is always
+# within one field, never across the end of one and the start of the next.
 SEARCH_SEPARATOR = "\n"
+SEARCH_MAX_LENGTH = 100
+# What a search of the users (`q`) may be: one line, as the fields it looks in.
+SearchText = Annotated[
+    str,
+    PydanticField(max_length=SEARCH_MAX_LENGTH),
+    Documented(pattern=SINGLE_LINE_PATTERN),
+    AfterValidator(storable),
+    AfterValidator(single_line),
+]
 
 
 class User(SQLModel, table=True):
@@ -194,7 +224,7 @@ class PrivateUser(PublicUser):
 
     model_config = ConfigDict(json_schema_extra={"examples": [_EXAMPLE_PRIVATE]})
 
-    email: str
+    email: Annotated[str, Documented(format="email")]
     email_verified: bool
     is_active: bool
     is_superuser: bool
@@ -250,13 +280,22 @@ async def hold_user(session: AsyncSession, user: User | None) -> User | None:
 
 
 async def ensure_not_last_admin(session: AsyncSession, user: User) -> None:
-    """Refuse to demote or deactivate the only remaining active admin."""
+    """Refuse to demote or deactivate the only remaining active admin.
+
+    Every removal of an active admin passes here, one at a time, so the caller is
+    confirmed again under the lock: one removed by a removal that held it just before
+    is refused, not counted as an admin (a ring of admins each removing the next must
+    end as some serial order of those requests would).
+    """
     if not user.is_active_admin:
         return
     if dialect_name(session) == "postgresql":
         # Two admins demoting each other at once must not both succeed: serialise here.
-        # (SQLite writers are already serialised by BEGIN IMMEDIATE.)
+        # (SQLite writers are already serialised by BEGIN IMMEDIATE, so lock_user's
+        # confirmation of the caller was already under the lock.)
         await session.execute(select(func.pg_advisory_xact_lock(0x55534552)))
+        # What committed while this request waited for the lock is visible now.
+        await run_rechecks(session)
     others = await session.scalar(
         select(func.count())
         .select_from(User)

@@ -25,6 +25,7 @@ from tests.factories import (
     my_events,
     refresh,
     register,
+    signed_cursor,
     types_of,
 )
 
@@ -431,6 +432,42 @@ async def test_an_altered_cursor_is_422_invalid_cursor(
     for altered in (f"{payload}.{signature[::-1]}", f"{payload[:-2]}AA.{signature}", "garbage"):
         response = await client.get(path, headers=admin.headers, params={"cursor": altered})
         assert_problem(response, 422, "invalid_cursor")
+
+
+@pytest.mark.parametrize("value", [["x"], {"a": 1}, 1, True, None], ids=repr)
+@pytest.mark.parametrize("position", [0, 1], ids=["at", "id"])
+@pytest.mark.parametrize("path", [ME, EVENTS])
+async def test_a_cursor_signed_with_the_real_key_holding_a_non_string_is_422(
+    client: httpx.AsyncClient, admin: Account, path: str, position: int, value: Any
+) -> None:
+    values: list[Any] = ["2026-12-01T00:00:00+00:00", uuid.uuid4().hex]
+    values[position] = value
+
+    response = await client.get(
+        path,
+        headers=admin.headers,
+        params={"cursor": signed_cursor(values, "security_events")},
+    )
+
+    assert_problem(response, 422, "invalid_cursor")
+
+
+@pytest.mark.parametrize("path", [ME, EVENTS])
+async def test_a_cursor_signed_the_same_way_with_string_values_is_accepted(
+    client: httpx.AsyncClient, admin: Account, path: str
+) -> None:
+    # The control for the test above: the test signs cursors as the server does, and
+    # a position after the newest event (a far-future time) shows them all.
+    values = ["2999-01-01T00:00:00+00:00", uuid.uuid4().hex]
+
+    response = await client.get(
+        path,
+        headers=admin.headers,
+        params={"cursor": signed_cursor(values, "security_events")},
+    )
+
+    assert response.status_code == 200, response.text
+    assert "registered" in types_of(response.json()["items"])
 
 
 async def test_a_users_list_cursor_is_not_an_events_cursor(

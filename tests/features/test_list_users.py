@@ -1,5 +1,6 @@
 """GET /api/v1/users: admins page, sort, search and filter users, on both databases."""
 
+import uuid
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -9,7 +10,14 @@ import pytest
 
 from kernel.settings import Settings
 from tests.conftest import make_settings
-from tests.factories import Account, assert_problem, login, register, serving
+from tests.factories import (
+    Account,
+    assert_problem,
+    login,
+    register,
+    serving,
+    signed_cursor,
+)
 
 PUBLIC_KEYS = {"id", "first_name", "last_name", "full_name", "bio", "avatar_url"}
 PRIVATE_KEYS = PUBLIC_KEYS | {
@@ -252,6 +260,96 @@ async def test_cursor_signed_with_another_key_returns_422_invalid_cursor(
     response = await client.get("/api/v1/users", headers=admin.headers, params={"cursor": forged})
 
     assert_problem(response, 422, "invalid_cursor")
+
+
+# Every value a cursor of this list holds is a string: any other JSON value, even under
+# the server's own signature, must be refused like a forged cursor, never reach a query.
+NOT_STRINGS: list[Any] = [["x"], {"a": 1}, 1, 1.5, True, None]
+
+
+def cursor_values_with(sort: str, position: int, value: Any, user_id: str) -> list[Any]:
+    values: list[Any] = [sort, "2026-12-01T00:00:00+00:00", uuid.UUID(user_id).hex]
+    if sort.lstrip("-") == "email":
+        values[1] = "amy@example.com"
+    values[position] = value
+    return values
+
+
+@pytest.mark.parametrize("value", NOT_STRINGS, ids=repr)
+@pytest.mark.parametrize("position", [0, 1, 2], ids=["sort", "key", "id"])
+@pytest.mark.parametrize("sort", ["created_at", "email"])
+async def test_cursor_signed_with_the_real_key_but_holding_a_non_string_is_422(
+    client: httpx.AsyncClient, admin: Account, sort: str, position: int, value: Any
+) -> None:
+    cursor = signed_cursor(cursor_values_with(sort, position, value, admin.id), "list_users")
+
+    response = await client.get(
+        "/api/v1/users", headers=admin.headers, params={"sort": sort, "cursor": cursor}
+    )
+
+    assert_problem(response, 422, "invalid_cursor")
+
+
+@pytest.mark.parametrize("sort", ["created_at", "email"])
+async def test_a_cursor_signed_the_same_way_with_string_values_is_accepted(
+    client: httpx.AsyncClient, admin: Account, sort: str
+) -> None:
+    # The control for the test above: the test signs cursors as the server does.
+    (amy,) = await register_all(client, "amy")
+    values = cursor_values_with(sort, 0, sort, admin.id)
+    values[1] = "0" if sort == "email" else "2000-01-01T00:00:00+00:00"
+
+    body = await page(client, admin, sort=sort, cursor=signed_cursor(values, "list_users"))
+
+    assert {item["id"] for item in body["items"]} == {admin.id, amy.id}
+
+
+@pytest.mark.parametrize(
+    "q",
+    [
+        "\n",
+        "example.com\nada",
+        "com\nada\nlovelace",
+        "ada\nlovelace",
+        "\t",
+        "\r",
+        "\x1f",
+        "\x7f",
+        "\u202e",
+    ],
+)
+async def test_q_never_matches_across_fields_a_control_character_is_422(
+    client: httpx.AsyncClient, admin: Account, q: str
+) -> None:
+    # No email or name holds a control character, so no q holding one is a substring of
+    # a field: refused like a NUL, rather than matching across email and names.
+    await register(client, email="ada@example.com", first_name="Ada", last_name="Lovelace")
+
+    response = await client.get("/api/v1/users", headers=admin.headers, params={"q": q})
+
+    assert_problem(response, 422, "validation_error")
+
+
+@pytest.mark.parametrize(
+    ("q", "expected"),
+    [
+        ("example.net", ["bob@example.org", "zq@example.net"]),
+        ("zelda", ["zq@example.net"]),
+        ("quux", ["zq@example.net"]),
+        ("net zelda", []),
+        ("netzelda", []),
+        ("zeldaquux", []),
+        ("zelda quux", []),
+        ("bob smith", ["bob@example.org"]),
+    ],
+)
+async def test_q_matches_within_one_field_only(
+    client: httpx.AsyncClient, admin: Account, q: str, expected: list[str]
+) -> None:
+    await register(client, email="zq@example.net", first_name="Zelda", last_name="Quux")
+    await register(client, email="bob@example.org", first_name="Bob Smith", last_name="example.net")
+
+    assert await emails(client, admin, q=q, sort="email") == expected
 
 
 @pytest.mark.parametrize(

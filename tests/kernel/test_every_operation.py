@@ -58,6 +58,9 @@ FORM_MEDIA_TYPES = (FORM, MULTIPART)
 OTHER_MEDIA_TYPES = ("text/plain", "application/xml", *FORM_MEDIA_TYPES)
 OTHER_SECRET = "a-key-this-server-never-had-that-is-long-enough-for-hs256-0123"
 UNKNOWN_FIELD = "no_body_has_this_field"
+# One digit past CPython's int-from-string limit (sys.int_info.default_max_str_digits):
+# an out-of-range number like any other, for the contract.
+DIGITS_PAST_THE_LIMIT = 4301
 MALFORMED_UUIDS = {"word": "not-a-uuid", "number": "123", "33-hex-digits": "0" * 33}
 # What v1 documents (API.md). Fewer found means the classification below stopped seeing
 # operations (or a slice was removed: then lower the floor with it), not that all is well.
@@ -448,6 +451,21 @@ async def test_operation_with_an_unknown_field_is_422(
     assert ["body", UNKNOWN_FIELD] in [issue["loc"] for issue in problem["errors"]]
 
 
+@each(WITH_JSON_BODY)
+async def test_operation_with_a_number_of_thousands_of_digits_is_422(
+    client: httpx.AsyncClient, admin: Account, user: Account, operation: Operation
+) -> None:
+    # The first field of a body the operation would act on, set to a huge integer.
+    example = _example(operation, user)
+    name = next(iter(example))
+    huge = "9" * DIGITS_PAST_THE_LIMIT
+    content = json.dumps(example | {name: "HUGE"}).replace('"HUGE"', huge, 1).encode()
+
+    problem = await _refused_body(client, admin, user, operation, content, 422, "validation_error")
+
+    assert problem["errors"]
+
+
 # --- path parameters ----------------------------------------------------------------------
 
 
@@ -495,3 +513,41 @@ async def test_operation_generates_a_request_id_when_none_is_sent(
 
     assert response.headers["x-request-id"]
     assert_problem_if_error(response)
+
+
+# --- paths --------------------------------------------------------------------------------
+
+# Served routes the document leaves out (the account pages), and the documents themselves.
+UNDOCUMENTED_PATHS = ["/account/reset-password", "/account/verify-email", "/docs", "/openapi.json"]
+
+
+@each(OPERATIONS)
+async def test_operation_with_a_trailing_slash_is_404_never_a_redirect(
+    client: httpx.AsyncClient, admin: Account, user: Account, operation: Operation
+) -> None:
+    # A redirect would point the client at the Host it sent, and a 307 makes it send its
+    # credentials (or a password) there again.
+    before = await observable_state(client, admin)
+    body = example_body(operation, user)
+    content = None if body is None else json.dumps(body).encode()
+    headers = credentials(operation, admin) | {"Content-Type": "application/json"}
+
+    response = await client.request(
+        operation.method, operation.url(user.id) + "/", content=content, headers=headers
+    )
+
+    assert_refused(response, 404, "not_found")
+    assert "location" not in response.headers
+    await assert_unchanged(client, before, admin, user)
+
+
+@pytest.mark.parametrize("path", UNDOCUMENTED_PATHS)
+async def test_a_served_page_with_a_trailing_slash_is_404(
+    client: httpx.AsyncClient, path: str
+) -> None:
+    assert (await client.get(path)).status_code == 200  # the page itself is there
+
+    response = await client.get(path + "/")
+
+    assert_refused(response, 404, "not_found")
+    assert "location" not in response.headers

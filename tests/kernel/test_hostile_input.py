@@ -12,7 +12,16 @@ import pytest
 from tests.factories import Account
 
 LONG = "x" * 10_000
-HUGE_NUMBERS = [str(2**63), str(2**63 + 1), str(2**64), "1" + "0" * 40, "-1", str(-(2**63))]
+# The last is past CPython's int-from-string digit limit (4300 by default).
+HUGE_NUMBERS = [
+    str(2**63),
+    str(2**63 + 1),
+    str(2**64),
+    "1" + "0" * 40,
+    "-1",
+    str(-(2**63)),
+    "9" * 4301,
+]
 
 # (method, path, raw JSON body) for every JSON route; "{me}" is replaced by the user's id.
 JSON_ROUTES = [

@@ -4,6 +4,7 @@ API.md "Running it"; DESIGN.md "settings.py".
 """
 
 import os
+import secrets
 from pathlib import Path
 
 import pytest
@@ -152,6 +153,70 @@ def test_production_refuses_a_missing_or_short_secret_key(secret_key: str) -> No
 
     assert len(message.splitlines()) == 1
     assert "SECRET_KEY" in message
+
+
+# Long enough, yet guessable: repeats, sequences, keyboard runs and dictionary phrases.
+WEAK_SECRETS = [
+    "a" * 32,
+    "a" * 200,
+    "password" * 4,
+    "passwordpassword" * 2 + "x",
+    "0123456789" * 4,
+    "abcdefghijklmnopqrstuvwxyzABCDEF",
+    "qwertyuiopasdfghjklzxcvbnm123456",
+    "P@ssw0rdP@ssw0rdP@ssw0rdP@ssw0rd",
+    "userapi-production-2026-secret-key",
+]
+
+
+@pytest.mark.parametrize("secret_key", WEAK_SECRETS)
+@pytest.mark.parametrize("setting", ["SECRET_KEY", "SECRET_KEY_PREVIOUS"])
+def test_production_refuses_a_guessable_key_and_says_what_is_needed(
+    setting: str, secret_key: str
+) -> None:
+    message = settings_error(**production(**{setting.lower(): secret_key}))
+
+    assert len(message.splitlines()) == 1
+    assert f"invalid setting {setting}:" in message
+    assert "secrets.token_urlsafe(32)" in message
+    assert secret_key not in message
+
+
+@pytest.mark.parametrize("setting", ["secret_key", "secret_key_previous"])
+def test_production_accepts_every_generated_key(setting: str) -> None:
+    # The margin is wide (see MIN_SECRET_GUESSES_LOG10): a few fresh keys of each kind.
+    generated = [secrets.token_urlsafe(32) for _ in range(20)]
+    generated += [secrets.token_hex(32) for _ in range(5)]
+
+    for key in generated:
+        assert getattr(load_settings(**production(**{setting: key})), setting) == key
+
+
+def test_outside_production_any_key_is_accepted() -> None:
+    settings = load_settings(env="test", secret_key="a" * 32, secret_key_previous="b" * 32)
+
+    assert settings.secret_key == "a" * 32
+
+
+@pytest.mark.parametrize("setting", ["SECRET_KEY", "SECRET_KEY_PREVIOUS"])
+async def test_production_start_up_with_a_guessable_key_stops_with_one_line(
+    tmp_path: Path, setting: str
+) -> None:
+    env = cli_env(
+        ENV="production",
+        DATABASE_URL=f"sqlite:///{tmp_path / 'x.db'}",
+        SMTP_HOST="smtp.example.com",
+        SECRET_KEY=secrets.token_urlsafe(32),
+    ) | {setting: "passwordpassword" * 2}
+
+    result = await run_cli("serve", env=env, cwd=tmp_path)
+
+    assert result.returncode != 0
+    assert len(result.stderr.strip().splitlines()) == 1, result.stderr
+    assert f"invalid setting {setting}:" in result.stderr
+    assert "secrets.token_urlsafe(32)" in result.stderr
+    assert "password" not in result.stderr.replace("token_urlsafe", "")
+    assert not (tmp_path / "x.db").exists()
 
 
 def test_production_refuses_argon2_memory_below_owasp() -> None:
