@@ -112,6 +112,21 @@ def _refuse_unreachable(engine: AsyncEngine) -> None:
             raise DatabaseUnavailable(headers=RETRY_AFTER_OUTAGE) from error
 
 
+# Behind PgBouncer in transaction mode, consecutive transactions of one client
+# connection may run on different server connections, so a statement prepared under a
+# name in one (asyncpg's __asyncpg_stmt_1__, or SQLAlchemy's cached ones) is missing or
+# already taken in the next. So: no statement caches, and every statement anonymous. An
+# anonymous statement with asyncpg's cache off is parsed again in the same message flight
+# that binds and runs it, so it never outlives its transaction. Named statements with
+# unique names (SQLAlchemy's documented alternative) would work too, but each one stays
+# on the server connection it was prepared on, where nothing ever closes it.
+_POOLER_SAFE: dict[str, Any] = {
+    "statement_cache_size": 0,  # asyncpg's own cache
+    "prepared_statement_cache_size": 0,  # SQLAlchemy's asyncpg dialect's cache
+    "prepared_statement_name_func": lambda: "",  # "": the unnamed statement
+}
+
+
 class Database:
     """Engines and session factories; built in create_app, never at import time."""
 
@@ -137,6 +152,7 @@ class Database:
                 connect_args={
                     "timeout": settings.db_timeout_seconds,
                     "command_timeout": settings.db_timeout_seconds * 6,
+                    **(_POOLER_SAFE if settings.database_pooler == "pgbouncer" else {}),
                 },
             )
             _refuse_unreachable(self.engine)

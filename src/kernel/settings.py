@@ -127,6 +127,9 @@ class Settings(BaseSettings):
     hash_wait_seconds: float = Field(default=10.0, gt=0, le=300)
     db_pool_size: int = Field(default=10, ge=1, le=200)
     db_timeout_seconds: float = Field(default=5.0, gt=0, le=120)
+    # PgBouncer in transaction mode hands each transaction any server connection, so
+    # statements must not stay prepared on a connection between transactions.
+    database_pooler: Literal["none", "pgbouncer"] = "none"
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
     # Unset: json in production (one object per line, for a log collector), else text.
     log_format: Literal["json", "text"] | None = None
@@ -243,6 +246,12 @@ class Settings(BaseSettings):
         if url and not url.startswith(("https://", "http://")):
             raise ValueError("must start with https:// (or http://)")
         return url.rstrip("/")
+
+    @model_validator(mode="after")
+    def _pooler_needs_postgres(self) -> "Settings":
+        if self.database_pooler != "none" and not self.database_url.startswith("postgresql"):
+            raise ValueError("DATABASE_POOLER: a pooler needs a PostgreSQL DATABASE_URL")
+        return self
 
     @model_validator(mode="after")
     def _mail_is_deliverable(self) -> "Settings":
