@@ -85,7 +85,8 @@ async def _login(client: httpx.AsyncClient, base: str, email: str) -> dict[str, 
     response = await client.post(
         f"{base}/api/v1/auth/login", json={"email": email, "password": PASSWORD}
     )
-    response.raise_for_status()
+    if response.status_code != 200:
+        raise RuntimeError(f"login as {email}: {response.status_code} {response.text}")
     tokens: dict[str, Any] = response.json()
     return tokens
 
