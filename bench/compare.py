@@ -26,8 +26,9 @@ import httpx
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from bench import report, wrk
-from bench.run import _login, _postgres_database, _prepared
-from bench.seed import user_email
+from bench.endpoints import EMAIL_PATTERN
+from bench.run import PROBE_INTERVAL_MS, _login, _postgres_database, _prepared
+from bench.seed import PASSWORD, user_email
 from bench.servers import REPOSITORY, Server
 
 SERVER_CPUS, LOAD_CPUS = "0", "1"
@@ -76,6 +77,9 @@ async def _compare(args: argparse.Namespace, database: str, base: Path, workdir:
                 await servers[name].wait_ready()
                 token = (await _login(client, servers[name].base, user_email(1)))["access_token"]
                 headers[name] = {"Authorization": f"Bearer {token}"}
+        if args.storm:
+            await _storms(args, servers, headers)
+            return
         runs: dict[str, list[wrk.Load]] = {name: [] for name in servers}
         cpu_ms: dict[str, list[float]] = {name: [] for name in servers}
         for _ in range(args.rounds):
@@ -114,6 +118,49 @@ async def _compare(args: argparse.Namespace, database: str, base: Path, workdir:
     )
 
 
+async def _storms(
+    args: argparse.Namespace, servers: dict[str, Server], headers: dict[str, dict[str, str]]
+) -> None:
+    """/users/me p99 at ~100 req/s, idle and while --storm clients log in, per server."""
+    found: dict[str, dict[str, list[float]]] = {}
+    script = wrk.logins(EMAIL_PATTERN, args.users, PASSWORD)
+    for _ in range(args.rounds):
+        for name, server in servers.items():
+            if name == "ceiling":
+                continue
+            me = f"{server.base}/api/v1/users/me"
+            probe = {
+                "seconds": args.seconds,
+                "connections": 2,
+                "headers": headers[name],
+                "script": wrk.paced(PROBE_INTERVAL_MS),
+                "cpus": LOAD_CPUS,
+            }
+            idle = await wrk.run(me, **probe)
+            during, logins = await asyncio.gather(
+                wrk.run(me, **probe),
+                wrk.run(
+                    f"{server.base}/api/v1/auth/login",
+                    seconds=args.seconds,
+                    connections=args.storm,
+                    script=script,
+                    cpus=LOAD_CPUS,
+                ),
+            )
+            runs = found.setdefault(name, {"idle": [], "storm": [], "logins": []})
+            runs["idle"].append(idle.p99_ms)
+            runs["storm"].append(during.p99_ms)
+            runs["logins"].append(logins.requests_per_second)
+    print(f"/users/me p99 idle and during {args.storm} clients logging in, medians:")
+    for name, runs in found.items():
+        idle_p99, storm_p99 = statistics.median(runs["idle"]), statistics.median(runs["storm"])
+        print(
+            f"  {name:>12}: idle {idle_p99:.1f} ms, storm {storm_p99:.1f} ms "
+            f"({storm_p99 / idle_p99:.2f}x), "
+            f"{statistics.median(runs['logins']):.2f} logins/s"
+        )
+
+
 async def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("revision")
@@ -123,6 +170,7 @@ async def main() -> None:
     parser.add_argument("--seconds", type=float, default=5.0)
     parser.add_argument("--connections", type=int, default=32)
     parser.add_argument("--databases", default="sqlite,postgresql")
+    parser.add_argument("--storm", type=int, default=0, help="N clients logging in instead")
     parser.add_argument(
         "--postgres",
         default=os.environ.get(

@@ -125,6 +125,9 @@ class Settings(BaseSettings):
     host: str = Field(default="127.0.0.1", min_length=1)
     port: int = Field(default=8000, ge=1, le=65535)
     hash_wait_seconds: float = Field(default=10.0, gt=0, le=300)
+    # idle: argon2 threads in Linux's SCHED_IDLE class, so reads on their core never wait
+    # for a hash; but then anything else busy on the machine delays logins (kernel.hashing).
+    hash_thread_priority: Literal["normal", "idle"] = "normal"
     db_pool_size: int = Field(default=10, ge=1, le=200)
     db_timeout_seconds: float = Field(default=5.0, gt=0, le=120)
     # PgBouncer in transaction mode hands each transaction any server connection, so
