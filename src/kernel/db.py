@@ -119,8 +119,8 @@ def _refuse_unreachable(engine: AsyncEngine) -> None:
 def _ping_when_idle(engine: AsyncEngine) -> None:
     """pool_pre_ping's check, for a connection that sat unused in the pool for a while.
 
-    pool_pre_ping pings on every checkout: on PostgreSQL three round trips (BEGIN, ";",
-    ROLLBACK) before each request's own, a third of a GET /users/me. A connection in
+    pool_pre_ping pings on every checkout: on PostgreSQL three statements (BEGIN, ";",
+    ROLLBACK), each a round trip, before a GET /users/me's own three. A connection in
     steady use has just proved itself; one idle for IDLE_PING_SECONDS may have been
     closed by the server, a restart or a proxy, so it is pinged first and, if dead,
     replaced before the request sees it. (A connection that dies in use is a disconnect
@@ -150,7 +150,8 @@ def _ping_when_idle(engine: AsyncEngine) -> None:
 # anonymous statement with asyncpg's cache off is parsed again in the same message flight
 # that binds and runs it, so it never outlives its transaction. Named statements with
 # unique names (SQLAlchemy's documented alternative) would work too, but each one stays
-# on the server connection it was prepared on, where nothing ever closes it.
+# on the server connection it was prepared on: asyncpg's later Close goes to whichever
+# server connection the next transaction gets.
 _POOLER_SAFE: dict[str, Any] = {
     "statement_cache_size": 0,  # asyncpg's own cache
     "prepared_statement_cache_size": 0,  # SQLAlchemy's asyncpg dialect's cache
