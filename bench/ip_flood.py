@@ -30,7 +30,9 @@ from typing import Any
 import httpx
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from bench.run import PASSWORD, RESULTS, Server  # the benchmark's own server runner
+from bench.run import RESULTS
+from bench.seed import PASSWORD
+from bench.servers import Server  # the benchmark's own server runner
 
 LOGIN = "/api/v1/auth/login"
 FLOOD_ADDRESS, USER_ADDRESS = "127.0.0.2", "127.0.0.1"

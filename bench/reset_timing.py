@@ -28,7 +28,8 @@ from typing import Any
 import httpx
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from bench.run import RESULTS, Server  # the benchmark's own server runner
+from bench.run import RESULTS
+from bench.servers import Server  # the benchmark's own server runner
 
 PASSWORD = "benchmark passphrase 2026"
 KINDS = ("known", "unknown", "deactivated")

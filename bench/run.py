@@ -1,282 +1,357 @@
-"""The userapi benchmark: one command, a markdown and a JSON report.
+"""The userapi benchmark: one command, one run, every ratio taken side by side.
 
-    .venv/bin/python bench/run.py [--database-url URL] [--rounds 40] [--burst 200]
+    .venv/bin/python bench/run.py [--users 100000] [--rounds 3] [--seconds 5]
+                                  [--databases sqlite,postgresql] [--workers 1,2]
 
-Starts a real `userapi serve` with production hashing parameters (argon2id 64 MiB, t=3,
-p=4, the defaults) and measures, side by side in one run:
-- login timing: unknown email vs wrong password (medians, interleaved, same process);
-- a burst of concurrent logins: peak server memory (VmHWM), how many got 200 / 503,
-  and /health latency while the burst runs;
-- read paths: GET /users/me, and a list page deep in the table vs the first page.
-Writes bench/results/report.md and bench/results/report.json.
+For each database (SQLite in a temporary folder; PostgreSQL in a new database on
+--postgres, dropped afterwards): migrate, seed --users users by bulk insert, start
+`userapi serve` (argon2 at the production defaults unless ARGON2_* say otherwise) and,
+beside it, the ceiling (bench/ceiling.py) under the same uvicorn settings. Load comes
+from wrk, the server on CPU 0 and wrk on CPU 1 when one worker serves. Each measurement
+is repeated --rounds times, targets interleaved within each round, and the medians are
+reported:
+- req/s, p50, p99 per endpoint (bench/endpoints.py), /users/me as a share of the ceiling,
+  and the server's CPU time per /users/me request;
+- p99 of /users/me at a steady low rate, idle and while 8 and 16 clients log in, and the
+  login throughput then against argon2-cffi's own on the same core and thread count;
+- peak memory during a burst of 200 concurrent logins; unknown-email vs wrong-password
+  login medians.
+Writes <out>/<date>.json and <out>/<date>.md (default bench/results/, not committed:
+numbers belong to the machine and moment they were measured on).
 """
 
 import argparse
 import asyncio
 import json
 import os
-import secrets
-import signal
-import socket
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
+import uuid
+from collections import defaultdict
+from contextlib import AsyncExitStack
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+import asyncpg
 import httpx
 
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from bench import endpoints, report, wrk
+from bench.seed import ADMIN_EMAIL, PASSWORD, seed, user_email
+from bench.servers import BIN, Server, pinned, status_kib
+from kernel.db import Database
+from kernel.migrations import upgrade
+from kernel.settings import load_settings
+
 RESULTS = Path(__file__).resolve().parent / "results"
-USERAPI = str(Path(sys.executable).parent / "userapi")
-PASSWORD = "benchmark passphrase 2026"
-START_TIMEOUT_SECONDS = 120.0
+SERVER_CPUS, LOAD_CPUS = "0", "1"
+STORM_SIZES = (8, 16)
+PROBE_INTERVAL_MS = 20  # two paced connections: about 100 requests/s
 
 
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port: int = probe.getsockname()[1]
-        return port
+async def _postgres_database(admin_dsn: str, stack: AsyncExitStack) -> str:
+    name = f"userapi_bench_{os.getpid()}_{uuid.uuid4().hex[:6]}"
+    connection = await asyncpg.connect(admin_dsn, timeout=5)
+    try:
+        await connection.execute(f'CREATE DATABASE "{name}"')
+    finally:
+        await connection.close()
+
+    async def drop() -> None:
+        connection = await asyncpg.connect(admin_dsn, timeout=5)
+        try:
+            await connection.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        finally:
+            await connection.close()
+
+    stack.push_async_callback(drop)
+    return f"{admin_dsn.rsplit('/', 1)[0]}/{name}"
 
 
-def _peak_rss_kib(pid: int) -> int:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmHWM:"):
-            return int(line.split()[1])
-    return 0
+async def _prepared(url: str, users: int) -> None:
+    settings = load_settings(database_url=url)
+    database = Database(settings)
+    try:
+        await upgrade(database)
+    finally:
+        await database.dispose()
+    await seed(settings, users)
 
 
-def _rss_kib(pid: int) -> int:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1])
-    return 0
+async def _login(client: httpx.AsyncClient, base: str, email: str) -> dict[str, Any]:
+    response = await client.post(
+        f"{base}/api/v1/auth/login", json={"email": email, "password": PASSWORD}
+    )
+    if response.status_code != 200:
+        raise RuntimeError(f"login as {email}: {response.status_code} {response.text}")
+    tokens: dict[str, Any] = response.json()
+    return tokens
 
 
-class Server:
-    def __init__(self, database_url: str, workdir: Path, env: dict[str, str]) -> None:
-        self.port = _free_port()
-        self.base = f"http://127.0.0.1:{self.port}"
-        environment = {**os.environ, "SECRET_KEY": secrets.token_urlsafe(48), **env}
-        if database_url:
-            environment["DATABASE_URL"] = database_url
-        environment.setdefault("LOG_LEVEL", "WARNING")
-        self.log_path = workdir / "serve.log"
-        with self.log_path.open("wb") as log:
-            self.process = subprocess.Popen(
-                [USERAPI, "serve", "--port", str(self.port)],
-                cwd=workdir,
-                env=environment,
-                stdin=subprocess.DEVNULL,
-                stdout=log,
-                stderr=subprocess.STDOUT,
+class Target:
+    """One userapi server on one database, and what its endpoints need."""
+
+    def __init__(self, database: str, server: Server, users: int) -> None:
+        self.database, self.server, self.users = database, server, users
+        self.user_token = self.admin_token = self.other_id = ""
+        self.deep_cursors: dict[str, str] = {}
+
+    async def prepare(self, client: httpx.AsyncClient, depth: int) -> None:
+        base = self.server.base
+        self.user_token = (await _login(client, base, user_email(1)))["access_token"]
+        self.admin_token = (await _login(client, base, ADMIN_EMAIL))["access_token"]
+        other = await client.get(
+            f"{base}/api/v1/users", params={"limit": 1, "sort": "email"}, headers=self.admin
+        )
+        self.other_id = other.json()["items"][0]["id"]
+        for sort in endpoints.SORTS:
+            self.deep_cursors[sort] = await endpoints.cursor_at(
+                client, base, self.admin, sort, depth
             )
 
-    def log_tail(self, lines: int = 40) -> str:
-        text = self.log_path.read_bytes().decode("utf-8", "replace").rstrip()
-        return "\n".join(text.splitlines()[-lines:]) or "(nothing)"
+    @property
+    def admin(self) -> dict[str, str]:
+        return {"Authorization": f"Bearer {self.admin_token}"}
 
-    async def wait_ready(self) -> None:
-        """Until /ready answers 200; at once if the server exits, with its log either way."""
-        try:
-            async with asyncio.timeout(START_TIMEOUT_SECONDS), httpx.AsyncClient() as client:
-                while self.process.poll() is None:
-                    try:
-                        if (await client.get(f"{self.base}/ready")).status_code == 200:
-                            return
-                    except httpx.TransportError:
-                        pass
-                    await asyncio.sleep(0.1)
-            why = f"exited with status {self.process.returncode}"
-        except TimeoutError:
-            why = f"did not become ready within {START_TIMEOUT_SECONDS:.0f} s"
-        raise RuntimeError(f"userapi serve {why}; the end of its log:\n{self.log_tail()}")
-
-    def stop(self) -> None:
-        self.process.send_signal(signal.SIGTERM)
-        self.process.wait(timeout=30)
+    async def refresh_tokens(self, client: httpx.AsyncClient, count: int) -> list[str]:
+        logins = [_login(client, self.server.base, user_email(2 + n)) for n in range(count)]
+        return [tokens["refresh_token"] for tokens in await asyncio.gather(*logins)]
 
 
-async def _timed(client: httpx.AsyncClient, method: str, url: str, **kw: Any) -> float:
+async def _argon2_alone(threads: int, seconds: float) -> float:
+    command = [str(BIN / "python"), str(Path(__file__).with_name("argon2_alone.py"))]
+    process = await asyncio.create_subprocess_exec(
+        *pinned(command, SERVER_CPUS), str(threads), str(seconds), stdout=asyncio.subprocess.PIPE
+    )
+    output, _ = await process.communicate()
+    return float(output)
+
+
+async def _storms(target: Target, seconds: float, cpus: str | None) -> dict[str, Any]:
+    """p99 of /users/me at a steady low rate, idle and during login storms."""
+    me_url = f"{target.server.base}/api/v1/users/me"
+    probe = {"Authorization": f"Bearer {target.user_token}"}
+    script = wrk.logins(endpoints.EMAIL_PATTERN, target.users, PASSWORD)
+    result: dict[str, Any] = {
+        "idle": (
+            await wrk.run(
+                me_url,
+                seconds=seconds,
+                connections=2,
+                headers=probe,
+                script=wrk.paced(PROBE_INTERVAL_MS),
+                cpus=cpus,
+            )
+        ).as_dict()
+    }
+    for size in STORM_SIZES:
+        probed, storm = await asyncio.gather(
+            wrk.run(
+                me_url,
+                seconds=seconds,
+                connections=2,
+                headers=probe,
+                script=wrk.paced(PROBE_INTERVAL_MS),
+                cpus=cpus,
+            ),
+            wrk.run(
+                f"{target.server.base}/api/v1/auth/login",
+                seconds=seconds,
+                connections=size,
+                script=script,
+                cpus=cpus,
+            ),
+        )
+        result[f"storm_{size}"] = {"probe": probed.as_dict(), "logins": storm.as_dict()}
+    return result
+
+
+async def _burst(client: httpx.AsyncClient, target: Target, size: int) -> dict[str, Any]:
+    """Peak server memory while `size` logins arrive at once (run before other load)."""
+    pid = target.server.process.pid
+    before = status_kib(pid, "VmRSS")
     started = time.perf_counter()
-    response = await client.request(method, url, **kw)
-    response.raise_for_status()
-    return (time.perf_counter() - started) * 1000
+    answers = await asyncio.gather(
+        *(
+            client.post(
+                f"{target.server.base}/api/v1/auth/login",
+                json={"email": user_email(1 + n % target.users), "password": PASSWORD},
+            )
+            for n in range(size)
+        )
+    )
+    codes = [answer.status_code for answer in answers]
+    return {
+        "concurrent_logins": size,
+        "status_counts": {str(code): codes.count(code) for code in sorted(set(codes))},
+        "duration_s": round(time.perf_counter() - started, 2),
+        "rss_before_mib": round(before / 1024, 1),
+        "peak_rss_mib": round(status_kib(pid, "VmHWM") / 1024, 1),
+    }
 
 
-async def login_timing(client: httpx.AsyncClient, base: str, rounds: int) -> dict[str, Any]:
-    """Unknown email vs wrong password, interleaved so machine noise hits both alike.
-
-    Each round uses fresh emails so throttling never kicks in.
-    """
+async def _login_timing(client: httpx.AsyncClient, target: Target, rounds: int) -> dict[str, Any]:
+    """Unknown email vs wrong password, interleaved so machine noise hits both alike;
+    a different seeded user each round, so no guess budget runs out."""
     unknown: list[float] = []
     wrong: list[float] = []
     for index in range(rounds):
-        email = f"timing-{index}-{secrets.token_hex(4)}@example.com"
-        await client.post(f"{base}/api/v1/auth/register", json=_user(email))
-        for bucket, target in ((unknown, f"nobody-{email}"), (wrong, email)):
+        email = user_email(1 + index % target.users)
+        for bucket, address in ((unknown, f"nobody-{index}-{email}"), (wrong, email)):
             started = time.perf_counter()
-            response = await client.post(
-                f"{base}/api/v1/auth/login", json={"email": target, "password": "wrong guess"}
+            answer = await client.post(
+                f"{target.server.base}/api/v1/auth/login",
+                json={"email": address, "password": "wrong guess"},
             )
             bucket.append((time.perf_counter() - started) * 1000)
-            assert response.status_code == 401, response.text
-    unknown_median, wrong_median = statistics.median(unknown), statistics.median(wrong)
+            assert answer.status_code == 401, answer.text
     return {
         "rounds": rounds,
-        "unknown_email_median_ms": round(unknown_median, 2),
-        "wrong_password_median_ms": round(wrong_median, 2),
-        "ratio_unknown_to_wrong": round(unknown_median / wrong_median, 3),
+        "unknown_email_median_ms": round(statistics.median(unknown), 2),
+        "wrong_password_median_ms": round(statistics.median(wrong), 2),
+        "ratio_unknown_to_wrong": round(statistics.median(unknown) / statistics.median(wrong), 3),
     }
 
 
-def _user(email: str) -> dict[str, str]:
-    return {"email": email, "password": PASSWORD, "first_name": "Bench", "last_name": "User"}
-
-
-async def burst(client: httpx.AsyncClient, server: Server, size: int) -> dict[str, Any]:
-    email = f"burst-{secrets.token_hex(4)}@example.com"
-    await client.post(f"{server.base}/api/v1/auth/register", json=_user(email))
-    rss_before = _rss_kib(server.process.pid)
-    health_ms: list[float] = []
-    done = asyncio.Event()
-
-    async def probe_health() -> None:
-        while not done.is_set():
-            health_ms.append(await _timed(client, "GET", f"{server.base}/health"))
-            await asyncio.sleep(0.05)
-
-    async def one_login() -> int:
-        response = await client.post(
-            f"{server.base}/api/v1/auth/login", json={"email": email, "password": PASSWORD}
+def _median_loads(loads: list[dict[str, Any]]) -> dict[str, Any]:
+    keys = ("requests_per_second", "p50_ms", "p99_ms")
+    merged: dict[str, Any] = {
+        key: round(statistics.median(load[key] for load in loads), 3) for key in keys
+    }
+    merged["errors"] = sum(load["errors"] for load in loads)
+    merged["requests"] = sum(load["requests"] for load in loads)
+    if all("cpu_ms_per_request" in load for load in loads):
+        merged["cpu_ms_per_request"] = round(
+            statistics.median(load["cpu_ms_per_request"] for load in loads), 4
         )
-        return response.status_code
+    return merged
 
-    prober = asyncio.create_task(probe_health())
-    started = time.perf_counter()
-    statuses = await asyncio.gather(*(one_login() for _ in range(size)))
-    duration = time.perf_counter() - started
-    done.set()
-    await prober
-    counts = {str(code): statuses.count(code) for code in sorted(set(statuses))}
-    return {
-        "concurrent_logins": size,
-        "status_counts": counts,
-        "duration_s": round(duration, 2),
-        "server_rss_before_mib": round(rss_before / 1024, 1),
-        "server_peak_rss_mib": round(_peak_rss_kib(server.process.pid) / 1024, 1),
-        "health_probes": len(health_ms),
-        "health_median_ms": round(statistics.median(health_ms), 2) if health_ms else None,
-        "health_max_ms": round(max(health_ms), 2) if health_ms else None,
+
+async def series(args: argparse.Namespace, workers: int, workdir: Path) -> dict[str, Any]:
+    """Every measurement with `workers` workers per server."""
+    cpus = SERVER_CPUS if workers == 1 else None
+    load_cpus = LOAD_CPUS if workers == 1 else None
+    env = {
+        # Production unless told otherwise (the smoke test runs ENV=test with cheap argon2).
+        "ENV": os.environ.get("ENV", "production"),
+        "MAIL_BACKEND": "log",
+        "LOGIN_MAX_FAILURES": "1000",
+        # wrk sends everything from one address: the per-IP limit would answer 429s.
+        "RATE_LIMIT_PER_IP": "1000000/second",
+        # The tokens taken before the rounds must outlast them.
+        "ACCESS_TOKEN_TTL_SECONDS": str(24 * 3600),
+        "LOG_LEVEL": args.log_level,
     }
-
-
-async def reads(client: httpx.AsyncClient, base: str, admin_token: str) -> dict[str, Any]:
-    headers = {"Authorization": f"Bearer {admin_token}"}
-    me = [
-        await _timed(client, "GET", f"{base}/api/v1/users/me", headers=headers) for _ in range(200)
-    ]
-    first: list[float] = []
-    deep: list[float] = []
-    cursor = None
-    for _ in range(30):  # walk to a deep page, timing the first and the last pages
-        params = {"limit": 5, **({"cursor": cursor} if cursor else {})}
-        started = time.perf_counter()
-        page = (await client.get(f"{base}/api/v1/users", headers=headers, params=params)).json()
-        (first if cursor is None else deep).append((time.perf_counter() - started) * 1000)
-        cursor = page["next_cursor"] or cursor
-    return {
-        "users_me_median_ms": round(statistics.median(me), 2),
-        "list_first_page_ms": round(first[0], 2),
-        "list_deep_pages_median_ms": round(statistics.median(deep[-10:]), 2),
-    }
+    out: dict[str, Any] = {"workers": workers, "databases": {}}
+    async with AsyncExitStack() as stack:
+        ceiling = Server("", workdir, env, workers=workers, cpus=cpus, ceiling=True)
+        stack.callback(ceiling.stop)
+        targets: list[Target] = []
+        for database in args.databases:
+            if database == "sqlite":
+                url = f"sqlite:///{workdir / f'bench-{workers}.db'}"
+            else:
+                url = await _postgres_database(args.postgres, stack)
+            await _prepared(url, args.users)
+            server = Server(url, workdir, env, workers=workers, cpus=cpus)
+            stack.callback(server.stop)
+            targets.append(Target(database, server, args.users))
+        await ceiling.wait_ready("/health")
+        depth = min(50_000, args.users // 2)
+        limits = httpx.Limits(max_connections=args.burst + 10)
+        async with httpx.AsyncClient(timeout=120, limits=limits) as client:
+            for target in targets:
+                await target.server.wait_ready()
+                if workers == 1:
+                    out["databases"][target.database] = {
+                        "burst": await _burst(client, target, args.burst),
+                        "login_timing": await _login_timing(client, target, args.timing_rounds),
+                    }
+                else:
+                    out["databases"][target.database] = {}
+                await target.prepare(client, depth)
+            loads: dict[str, dict[str, list[dict[str, Any]]]] = defaultdict(
+                lambda: defaultdict(list)
+            )
+            storms: dict[str, list[dict[str, Any]]] = defaultdict(list)
+            argon2: list[float] = []
+            for _ in range(args.rounds):
+                ceiling_load = await wrk.run(
+                    f"{ceiling.base}/api/v1/users/me",
+                    seconds=args.seconds,
+                    connections=args.connections,
+                    cpus=load_cpus,
+                )
+                loads["ceiling"]["GET /users/me"].append(ceiling_load.as_dict())
+                for target in targets:
+                    for name, measure in endpoints.plan(target, client, args, load_cpus):
+                        loads[target.database][name].append(await measure())
+                if workers == 1:
+                    for target in targets:
+                        storms[target.database].append(
+                            await _storms(target, args.seconds, load_cpus)
+                        )
+                    slots = load_settings(**{"web_concurrency": workers}).hashing_slots
+                    argon2.append(await _argon2_alone(slots, args.seconds))
+    out["ceiling"] = _median_loads(loads["ceiling"]["GET /users/me"])
+    for database in args.databases:
+        result = out["databases"][database]
+        result["endpoints"] = {name: _median_loads(runs) for name, runs in loads[database].items()}
+        if storms[database]:
+            result["storms"] = report.storm_medians(storms[database])
+    if argon2:
+        out["argon2_alone_per_second"] = round(statistics.median(argon2), 3)
+    return out
 
 
 async def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--database-url", default="", help="default: SQLite in a temp folder")
-    parser.add_argument("--rounds", type=int, default=40)
+    parser.add_argument("--users", type=int, default=100_000)
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--seconds", type=float, default=5.0, help="per wrk run")
+    parser.add_argument("--connections", type=int, default=32, help="for the read endpoints")
+    parser.add_argument("--databases", default="sqlite,postgresql")
+    parser.add_argument("--workers", default="1,2", help="one series per worker count")
     parser.add_argument("--burst", type=int, default=200)
+    parser.add_argument("--timing-rounds", type=int, default=20)
+    parser.add_argument("--log-level", default="WARNING", help="the servers' LOG_LEVEL")
+    parser.add_argument(
+        "--postgres",
+        default=os.environ.get(
+            "USERAPI_TEST_POSTGRES", "postgresql://postgres@127.0.0.1:5432/test"
+        ),
+        help="a server where a scratch database may be created",
+    )
+    parser.add_argument("--out", type=Path, default=RESULTS)
     args = parser.parse_args()
-    with tempfile.TemporaryDirectory() as workdir:
-        # One address sends everything: the per-IP limit would answer the burst with 429s
-        # (bench/ip_flood.py measures that limit).
-        env = {"LOGIN_MAX_FAILURES": "1000", "RATE_LIMIT_PER_IP": "1000000/hour"}
-        server = Server(args.database_url, Path(workdir), env)
-        try:
-            await server.wait_ready()
-            limits = httpx.Limits(max_connections=args.burst + 10)
-            async with httpx.AsyncClient(timeout=120, limits=limits) as client:
-                report: dict[str, Any] = {
-                    "database": args.database_url.split("://")[0] or "sqlite",
-                    "cpus": os.cpu_count(),
-                    "login_timing": await login_timing(client, server.base, args.rounds),
-                    "burst": await burst(client, server, args.burst),
-                }
-                token = await _admin_token(client, server, Path(workdir), args.database_url)
-                report["reads"] = await reads(client, server.base, token)
-        finally:
-            server.stop()
-    RESULTS.mkdir(exist_ok=True)
-    (RESULTS / "report.json").write_text(json.dumps(report, indent=2))
-    (RESULTS / "report.md").write_text(_markdown(report))
-    print(_markdown(report))
-
-
-async def _admin_token(
-    client: httpx.AsyncClient, server: Server, workdir: Path, database_url: str
-) -> str:
-    email = f"admin-{secrets.token_hex(4)}@example.com"
-    env = {**os.environ, "USERAPI_ADMIN_PASSWORD": PASSWORD}
-    if database_url:
-        env["DATABASE_URL"] = database_url
-    creating = await asyncio.create_subprocess_exec(
-        USERAPI,
-        "create-admin",
-        "--email",
-        email,
-        cwd=workdir,
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-    )
-    output, _ = await asyncio.wait_for(creating.communicate(), timeout=120)
-    if creating.returncode != 0:
-        raise RuntimeError(f"userapi create-admin failed:\n{output.decode(errors='replace')}")
-    response = await client.post(
-        f"{server.base}/api/v1/auth/login", json={"email": email, "password": PASSWORD}
-    )
-    token: str = response.json()["access_token"]
-    return token
-
-
-def _markdown(report: dict[str, Any]) -> str:
-    timing, burst_result, read = report["login_timing"], report["burst"], report["reads"]
-    return "\n".join(
-        [
-            f"# userapi benchmark ({report['database']}, {report['cpus']} CPUs)",
-            "",
-            "## Login: unknown email vs wrong password (medians, interleaved)",
-            f"- unknown email: {timing['unknown_email_median_ms']} ms",
-            f"- wrong password: {timing['wrong_password_median_ms']} ms",
-            f"- ratio: {timing['ratio_unknown_to_wrong']} over {timing['rounds']} rounds each",
-            "",
-            f"## Burst of {burst_result['concurrent_logins']} concurrent logins",
-            f"- statuses: {burst_result['status_counts']} in {burst_result['duration_s']} s",
-            f"- server RSS before: {burst_result['server_rss_before_mib']} MiB, "
-            f"peak: {burst_result['server_peak_rss_mib']} MiB",
-            f"- /health during the burst: {burst_result['health_probes']} probes, median "
-            f"{burst_result['health_median_ms']} ms, max {burst_result['health_max_ms']} ms",
-            "",
-            "## Reads",
-            f"- GET /users/me median: {read['users_me_median_ms']} ms",
-            f"- list users, first page: {read['list_first_page_ms']} ms; "
-            f"deep pages median: {read['list_deep_pages_median_ms']} ms",
-            "",
-        ]
-    )
+    args.databases = [name.strip() for name in args.databases.split(",") if name.strip()]
+    if args.users < 2 or args.rounds < 1:
+        parser.error("--users must be at least 2 and --rounds at least 1")
+    wrk.wrk_command()  # fail before any set-up when wrk is missing
+    started = datetime.now(UTC)
+    results: dict[str, Any] = {
+        "started": started.isoformat(timespec="seconds"),
+        "machine": report.machine(),
+        "command": " ".join(sys.argv),
+        "settings": {
+            key: getattr(args, key)
+            for key in ("users", "rounds", "seconds", "connections", "burst", "log_level")
+        },
+        "series": [],
+    }
+    with tempfile.TemporaryDirectory() as folder:
+        for workers in (int(count) for count in args.workers.split(",")):
+            results["series"].append(await series(args, workers, Path(folder)))
+    results["machine"]["cpu_pressure_after"] = report.cpu_pressure()
+    args.out.mkdir(parents=True, exist_ok=True)
+    stem = started.strftime("%Y-%m-%dT%H%M%S")
+    (args.out / f"{stem}.json").write_text(json.dumps(results, indent=2) + "\n")
+    markdown = report.markdown(results)
+    (args.out / f"{stem}.md").write_text(markdown)
+    print(markdown)
 
 
 if __name__ == "__main__":

@@ -87,7 +87,13 @@ async def run_cli(*args: str, env: Mapping[str, str], cwd: Path) -> CliResult:
     return await run_program(USERAPI, *args, env=env, cwd=cwd)
 
 
-async def run_program(program: str, *args: str, env: Mapping[str, str], cwd: Path) -> CliResult:
+async def run_program(
+    program: str,
+    *args: str,
+    env: Mapping[str, str],
+    cwd: Path,
+    within: float = CLI_TIMEOUT_SECONDS,
+) -> CliResult:
     """PROGRAM ARGS in a subprocess, bounded by a timeout that reports what it printed."""
     process = await asyncio.create_subprocess_exec(
         program,
@@ -100,13 +106,13 @@ async def run_program(program: str, *args: str, env: Mapping[str, str], cwd: Pat
     # Shielded, so that on a timeout the output read so far is still collected.
     communicating = asyncio.ensure_future(process.communicate())
     try:
-        stdout, stderr = await asyncio.wait_for(asyncio.shield(communicating), CLI_TIMEOUT_SECONDS)
+        stdout, stderr = await asyncio.wait_for(asyncio.shield(communicating), within)
     except TimeoutError:
         process.kill()
         stdout, stderr = await asyncio.wait_for(communicating, STOP_TIMEOUT_SECONDS)
         command = " ".join([Path(program).name, *args])
         raise ProcessError(
-            f"{command} did not finish within {CLI_TIMEOUT_SECONDS:.0f} s\n"
+            f"{command} did not finish within {within:.0f} s\n"
             f"--- stdout (last lines) ---\n{tail(stdout.decode(errors='replace'))}\n"
             f"--- stderr (last lines) ---\n{tail(stderr.decode(errors='replace'))}"
         ) from None

@@ -7,6 +7,7 @@ must not hold a database lock or connection while it runs.
 """
 
 import logging
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from datetime import UTC, datetime
@@ -16,6 +17,7 @@ from typing import Annotated, Any
 from fastapi import Depends, Request
 from sqlalchemy import DateTime, MetaData, event
 from sqlalchemy.engine import Connection, Dialect
+from sqlalchemy.exc import DisconnectionError
 from sqlalchemy.ext.asyncio import (
     AsyncEngine,
     AsyncSession,
@@ -45,6 +47,8 @@ SECRET_COLUMN: dict[str, Any] = {"info": {"secret": True}}
 
 SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
 SQLITE_BUSY_TIMEOUT_MS = 30_000
+IDLE_PING_SECONDS = 10.0
+_IDLE_SINCE = "userapi.idle_since"
 log = logging.getLogger("userapi.db")
 
 
@@ -112,6 +116,49 @@ def _refuse_unreachable(engine: AsyncEngine) -> None:
             raise DatabaseUnavailable(headers=RETRY_AFTER_OUTAGE) from error
 
 
+def _ping_when_idle(engine: AsyncEngine) -> None:
+    """pool_pre_ping's check, for a connection that sat unused in the pool for a while.
+
+    pool_pre_ping pings on every checkout: on PostgreSQL three statements (BEGIN, ";",
+    ROLLBACK), each a round trip, before a GET /users/me's own three. A connection in
+    steady use has just proved itself; one idle for IDLE_PING_SECONDS may have been
+    closed by the server, a restart or a proxy, so it is pinged first and, if dead,
+    replaced before the request sees it. (A connection that dies in use is a disconnect
+    error, and SQLAlchemy then invalidates the whole pool.)
+    """
+
+    @event.listens_for(engine.sync_engine, "checkin")
+    def _checked_in(_: Any, record: Any) -> None:
+        record.info[_IDLE_SINCE] = time.monotonic()
+
+    @event.listens_for(engine.sync_engine, "checkout")
+    def _checked_out(dbapi_connection: Any, record: Any, _: Any) -> None:
+        idle_since = record.info.pop(_IDLE_SINCE, None)
+        if idle_since is None or time.monotonic() - idle_since < IDLE_PING_SECONDS:
+            return
+        try:
+            engine.dialect.do_ping(dbapi_connection)
+        except Exception as error:
+            # The pool discards this connection and checks out (or opens) another.
+            raise DisconnectionError("idle connection failed its ping") from error
+
+
+# Behind PgBouncer in transaction mode, consecutive transactions of one client
+# connection may run on different server connections, so a statement prepared under a
+# name in one (asyncpg's __asyncpg_stmt_1__, or SQLAlchemy's cached ones) is missing or
+# already taken in the next. So: no statement caches, and every statement anonymous. An
+# anonymous statement with asyncpg's cache off is parsed again in the same message flight
+# that binds and runs it, so it never outlives its transaction. Named statements with
+# unique names (SQLAlchemy's documented alternative) would work too, but each one stays
+# on the server connection it was prepared on: asyncpg's later Close goes to whichever
+# server connection the next transaction gets.
+_POOLER_SAFE: dict[str, Any] = {
+    "statement_cache_size": 0,  # asyncpg's own cache
+    "prepared_statement_cache_size": 0,  # SQLAlchemy's asyncpg dialect's cache
+    "prepared_statement_name_func": lambda: "",  # "": the unnamed statement
+}
+
+
 class Database:
     """Engines and session factories; built in create_app, never at import time."""
 
@@ -123,7 +170,19 @@ class Database:
             # The default SQLite file lives in DATA_DIR: name the setting the operator set.
             _ensure_sqlite_folder(url, "DATABASE_URL" if settings.database_url else "DATA_DIR")
             # hide_parameters: a logged database error must not carry hashes or emails.
-            self.engine = create_async_engine(url, pool_pre_ping=True, hide_parameters=True)
+            # A fixed pool, no overflow and no pre-ping: an overflow connection is closed
+            # when returned, so under load each request paid for a new connection (its
+            # own aiosqlite thread, its PRAGMAs); and a file does not go away as a server
+            # can, so a ping before each checkout was a thread hop for nothing.
+            pool = {
+                "pool_size": settings.db_pool_size,
+                "max_overflow": 0,
+                "pool_timeout": settings.db_timeout_seconds,
+            }
+            in_memory = url.endswith((":memory:", "://"))  # one connection, no pool to size
+            self.engine = create_async_engine(
+                url, hide_parameters=True, **({} if in_memory else pool)
+            )
             _configure_sqlite(self.engine)
             writer = self.engine.execution_options(sqlite_begin="IMMEDIATE")
         else:
@@ -132,14 +191,15 @@ class Database:
                 pool_size=settings.db_pool_size,
                 max_overflow=settings.db_pool_size,
                 pool_timeout=settings.db_timeout_seconds,
-                pool_pre_ping=True,
                 hide_parameters=True,
                 connect_args={
                     "timeout": settings.db_timeout_seconds,
                     "command_timeout": settings.db_timeout_seconds * 6,
+                    **(_POOLER_SAFE if settings.database_pooler == "pgbouncer" else {}),
                 },
             )
             _refuse_unreachable(self.engine)
+            _ping_when_idle(self.engine)
             writer = self.engine
         self._readers = async_sessionmaker(
             self.engine, expire_on_commit=False, sync_session_class=_TrackedSession

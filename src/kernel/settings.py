@@ -125,8 +125,14 @@ class Settings(BaseSettings):
     host: str = Field(default="127.0.0.1", min_length=1)
     port: int = Field(default=8000, ge=1, le=65535)
     hash_wait_seconds: float = Field(default=10.0, gt=0, le=300)
+    # idle: argon2 threads in Linux's SCHED_IDLE class, so reads on their core never wait
+    # for a hash; but then anything else busy on the machine delays logins (kernel.hashing).
+    hash_thread_priority: Literal["normal", "idle"] = "normal"
     db_pool_size: int = Field(default=10, ge=1, le=200)
     db_timeout_seconds: float = Field(default=5.0, gt=0, le=120)
+    # PgBouncer in transaction mode hands each transaction any server connection, so
+    # statements must not stay prepared on a connection between transactions.
+    database_pooler: Literal["none", "pgbouncer"] = "none"
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
     # Unset: json in production (one object per line, for a log collector), else text.
     log_format: Literal["json", "text"] | None = None
@@ -243,6 +249,12 @@ class Settings(BaseSettings):
         if url and not url.startswith(("https://", "http://")):
             raise ValueError("must start with https:// (or http://)")
         return url.rstrip("/")
+
+    @model_validator(mode="after")
+    def _pooler_needs_postgres(self) -> "Settings":
+        if self.database_pooler != "none" and not self.database_url.startswith("postgresql"):
+            raise ValueError("DATABASE_POOLER: a pooler needs a PostgreSQL DATABASE_URL")
+        return self
 
     @model_validator(mode="after")
     def _mail_is_deliverable(self) -> "Settings":

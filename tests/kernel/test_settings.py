@@ -354,3 +354,25 @@ def test_link_templates_may_use_an_apps_own_scheme() -> None:
     settings = load_settings(secret_key=TEST_SECRET, password_reset_url="myapp://reset?t={token}")
 
     assert settings.password_reset_url == "myapp://reset?t={token}"
+
+
+# --- the connection pooler (test_pgbouncer.py runs through one) --------------------------
+
+
+def test_a_pooler_needs_a_postgresql_database() -> None:
+    message = settings_error(database_pooler="pgbouncer", database_url="sqlite:///x.db")
+
+    assert len(message.splitlines()) == 1
+    assert "DATABASE_POOLER" in message
+
+
+def test_an_unknown_pooler_names_the_setting() -> None:
+    message = settings_error(database_pooler="pgpool", database_url="postgresql://h/db")
+
+    assert "DATABASE_POOLER" in message
+
+
+def test_pgbouncer_is_accepted_with_postgresql() -> None:
+    settings = load_settings(database_pooler="pgbouncer", database_url="postgresql://h/db")
+
+    assert settings.database_pooler == "pgbouncer"
