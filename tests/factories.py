@@ -59,6 +59,14 @@ class Account:
         return {"Authorization": f"Bearer {self.access_token}"}
 
 
+@asynccontextmanager
+async def client_from(app: FastAPI, ip: str) -> AsyncIterator[httpx.AsyncClient]:
+    """A client whose requests reach `app` from the peer address `ip`."""
+    transport = httpx.ASGITransport(app=app, client=(ip, 40000))
+    async with httpx.AsyncClient(transport=transport, base_url="http://testserver") as client:
+        yield client
+
+
 def registration(**changes: Any) -> dict[str, Any]:
     """A valid registration body for a new email, with these fields changed."""
     body = {

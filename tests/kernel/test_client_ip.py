@@ -17,7 +17,14 @@ from fastapi import FastAPI
 
 from kernel.settings import SettingsError, load_settings
 from tests.conftest import make_settings
-from tests.factories import DEFAULT_PASSWORD, assert_problem, my_events, register, serving
+from tests.factories import (
+    DEFAULT_PASSWORD,
+    assert_problem,
+    client_from,
+    my_events,
+    register,
+    serving,
+)
 from tests.servers import running_server
 from tests.waiting import wait_until
 
@@ -33,14 +40,6 @@ async def app_trusting(
     settings = make_settings(database_url, data_dir, trusted_proxies=proxies, **overrides)
     async with serving(settings) as (app, _):
         yield app
-
-
-@asynccontextmanager
-async def client_from(app: FastAPI, peer: str) -> AsyncIterator[httpx.AsyncClient]:
-    """Requests that reach `app` from the peer address `peer`."""
-    transport = httpx.ASGITransport(app=app, client=(peer, 40000))
-    async with httpx.AsyncClient(transport=transport, base_url="http://testserver") as client:
-        yield client
 
 
 async def login_seen_as(client: httpx.AsyncClient, headers: list[tuple[str, str]]) -> str | None:

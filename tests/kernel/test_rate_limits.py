@@ -15,19 +15,11 @@ from fastapi import FastAPI
 
 from kernel.settings import Settings, SettingsError, load_settings
 from tests.conftest import make_settings
-from tests.factories import DEFAULT_PASSWORD, assert_problem, make_user, serving
+from tests.factories import DEFAULT_PASSWORD, assert_problem, client_from, make_user, serving
 from tests.servers import running_server
 
 ATTACKER = "198.51.100.7"
 NEIGHBOUR = "203.0.113.20"
-
-
-@asynccontextmanager
-async def client_from(app: FastAPI, ip: str) -> AsyncIterator[httpx.AsyncClient]:
-    """A client whose requests reach `app` from the address `ip` (the peer address)."""
-    transport = httpx.ASGITransport(app=app, client=(ip, 40000))
-    async with httpx.AsyncClient(transport=transport, base_url="http://testserver") as client:
-        yield client
 
 
 @asynccontextmanager

@@ -23,7 +23,7 @@ from redis.exceptions import RedisError
 
 from kernel.settings import SettingsError, load_settings
 from tests.conftest import make_settings
-from tests.factories import DEFAULT_PASSWORD, assert_problem, serving
+from tests.factories import DEFAULT_PASSWORD, assert_problem, client_from, serving
 from tests.servers import free_port, running_server
 
 REDIS_URL = os.environ.get("USERAPI_TEST_REDIS", "redis://127.0.0.1:6379/0")
@@ -68,13 +68,6 @@ async def app_counting_in(
     )
     async with serving(settings) as (app, _):
         yield app
-
-
-@asynccontextmanager
-async def client_from(app: FastAPI, ip: str) -> AsyncIterator[httpx.AsyncClient]:
-    transport = httpx.ASGITransport(app=app, client=(ip, 40000))
-    async with httpx.AsyncClient(transport=transport, base_url="http://testserver") as client:
-        yield client
 
 
 def unknown_login() -> dict[str, str]:

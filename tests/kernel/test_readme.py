@@ -59,6 +59,6 @@ async def test_the_readmes_walkthrough_runs_as_written(database_url: str, tmp_pa
                 "/api/v1/auth/login",
                 json={"email": "ada@example.com", "password": "a fresh long passphrase"},
             )
-    exported = json.loads((tmp_path / "ada-export.json").read_text())
+    exported = json.loads((tmp_path / "data" / "ada-export.json").read_text())
     assert exported["tables"]["users"][0]["bio"] == "First programmer"
     assert after.status_code == 401  # the walkthrough ends by erasing the account
