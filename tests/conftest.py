@@ -178,7 +178,11 @@ def make_settings(database_url: str, data_dir: Path, **overrides: Any) -> Settin
 
 @pytest.fixture
 def settings(database_url: str, tmp_path: Path) -> Settings:
-    return make_settings(database_url, tmp_path)
+    """The app as deployed with a separate mail worker (MAIL_SENDER_ENABLED=false): mail is
+    queued in the outbox, and nobody delivers it. Delivering every registration's mail in
+    the background was half of the CPU of each user a test made; the tests about mail
+    override this fixture with a real SMTP server (the `mailbox` fixture), sender on."""
+    return make_settings(database_url, tmp_path, mail_sender_enabled=False)
 
 
 @pytest.fixture

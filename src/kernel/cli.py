@@ -1,6 +1,8 @@
 """The `userapi` command: serve | migrate | create-admin | purge-expired | keys | send-mail |
 outbox | new-feature."""
 
+from __future__ import annotations
+
 import argparse
 import asyncio
 import keyword
@@ -8,37 +10,23 @@ import logging
 import os
 import re
 import shutil
-import signal
 import sys
 import tempfile
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import NoReturn
+from typing import TYPE_CHECKING, NoReturn
 
-import uvicorn
-from pydantic import TypeAdapter, ValidationError
-from sqlalchemy.engine import make_url
-from sqlalchemy.exc import DBAPIError
+# Each command imports what it needs when it runs: the web framework, the ORM and Alembic
+# cost most of a second of CPU to import, which `--help`, `new-feature` or a start-up
+# refused for a bad setting would otherwise pay for nothing.
+if TYPE_CHECKING:
+    from sqlalchemy.exc import DBAPIError
 
-from kernel import migrations
-from kernel.db import Database
-from kernel.edge import EdgeProtocol
-from kernel.email_tokens import purge_spent_email_tokens
-from kernel.errors import DatabaseUnavailable, EmailTaken, InvalidInput, ProblemError
-from kernel.events import EventType, purge_old_events, record_event
-from kernel.fields import Email
-from kernel.guesses import purge_expired_attempts
-from kernel.hashing import PasswordHashing
-from kernel.logs import configure_logging
-from kernel.mail_delivery import MailSender, OutboxEntry, outbox_entries, purge_old_mail
-from kernel.metrics import MULTIPROC_DIR_VARIABLE
-from kernel.send_limits import purge_expired_send_counts
-from kernel.sessions import purge_expired_sessions
-from kernel.settings import Settings, load_settings
-from kernel.signing_keys import SigningKey, listed, rotate
-from kernel.slices import load_slices
-from kernel.users import Registration, User, create_user, find_user_by_email
+    from kernel.mail_delivery import OutboxEntry
+    from kernel.settings import Settings
+    from kernel.signing_keys import SigningKey
+    from kernel.users import Registration, User
 
 SCAFFOLD = Path(__file__).resolve().parent / "scaffold"
 # At most 40 characters: the scaffold's lines then fit ruff's 100 columns as generated.
@@ -52,6 +40,9 @@ class CommandError(Exception):
 
 async def _migrate(settings: Settings) -> str | None:
     """Apply pending migrations; the revision the database is at afterwards."""
+    from kernel import migrations
+    from kernel.db import Database
+
     database = Database(settings)
     try:
         await migrations.upgrade(database)
@@ -61,6 +52,11 @@ async def _migrate(settings: Settings) -> str | None:
 
 
 def _serve(args: argparse.Namespace, settings: Settings) -> None:
+    import uvicorn
+
+    from kernel.edge import EdgeProtocol
+    from kernel.logs import configure_logging
+
     host, port = args.host or settings.host, args.port or settings.port
     workers = args.workers or settings.web_concurrency
     if settings.auto_migrate:
@@ -109,6 +105,8 @@ def _metrics_folder(settings: Settings, workers: int) -> Iterator[None]:
     be counted again, so the folder is new each time and removed afterwards. A folder
     the operator set is theirs: used as it is, never removed.
     """
+    from kernel.metrics import MULTIPROC_DIR_VARIABLE
+
     if not settings.metrics_enabled or workers < 2 or os.environ.get(MULTIPROC_DIR_VARIABLE):
         yield
         return
@@ -122,6 +120,14 @@ def _metrics_folder(settings: Settings, workers: int) -> Iterator[None]:
 
 
 async def _purge_expired(settings: Settings) -> dict[str, int]:
+    from kernel.db import Database
+    from kernel.email_tokens import purge_spent_email_tokens
+    from kernel.events import purge_old_events
+    from kernel.guesses import purge_expired_attempts
+    from kernel.mail_delivery import purge_old_mail
+    from kernel.send_limits import purge_expired_send_counts
+    from kernel.sessions import purge_expired_sessions
+
     database = Database(settings)
     try:
         async with database.session() as session:
@@ -138,6 +144,14 @@ async def _purge_expired(settings: Settings) -> dict[str, int]:
 
 
 async def _send_mail(settings: Settings, once: bool) -> int:
+    import signal
+
+    from kernel import migrations
+    from kernel.db import Database
+    from kernel.logs import configure_logging
+    from kernel.mail_delivery import MailSender
+    from kernel.slices import load_slices
+
     # Its log is what an operator sees of it: each mail sent or failed, and (with no
     # SMTP_HOST) the development mails themselves. The same format as `userapi serve`.
     configure_logging(settings)
@@ -160,6 +174,9 @@ async def _send_mail(settings: Settings, once: bool) -> int:
 
 
 async def _outbox(settings: Settings) -> list[OutboxEntry]:
+    from kernel.db import Database
+    from kernel.mail_delivery import outbox_entries
+
     database = Database(settings)
     try:
         async with database.session(writes=False) as session:
@@ -183,6 +200,10 @@ async def _keys(settings: Settings, action: str) -> list[SigningKey]:
         raise CommandError(
             "JWT_ALGORITHM=HS256 signs with SECRET_KEY: rotate it with SECRET_KEY_PREVIOUS"
         )
+    from kernel import migrations
+    from kernel.db import Database
+    from kernel.signing_keys import listed, rotate
+
     database = Database(settings)
     try:
         if settings.auto_migrate:
@@ -207,6 +228,10 @@ def _key_line(key: SigningKey) -> str:
 
 def _registration(args: argparse.Namespace, password: str) -> Registration:
     """The same checks as POST /auth/register, each refusal as one line."""
+    from pydantic import ValidationError
+
+    from kernel.users import Registration
+
     try:
         return Registration(
             email=args.email,
@@ -221,6 +246,12 @@ def _registration(args: argparse.Namespace, password: str) -> Registration:
 
 
 async def _create_admin(settings: Settings, registration: Registration) -> User:
+    from kernel import migrations
+    from kernel.db import Database
+    from kernel.errors import EmailTaken
+    from kernel.hashing import PasswordHashing
+    from kernel.users import create_user
+
     database = Database(settings)
     try:
         if settings.auto_migrate:
@@ -242,6 +273,13 @@ async def _create_admin(settings: Settings, registration: Registration) -> User:
 
 
 async def _promote(settings: Settings, email: str) -> User:
+    from pydantic import TypeAdapter, ValidationError
+
+    from kernel.db import Database
+    from kernel.events import EventType, record_event
+    from kernel.fields import Email
+    from kernel.users import find_user_by_email
+
     try:
         email = TypeAdapter(Email).validate_python(email)
     except ValidationError as error:
@@ -370,6 +408,8 @@ _REFUSED_SQLSTATE_CLASSES = ("08", "28", "3D", "53", "57")
 
 def _location(settings: Settings) -> str:
     """Where the database is, for an operator: host:port/name, never the password."""
+    from sqlalchemy.engine import make_url
+
     url = make_url(settings.resolved_database_url)
     if url.get_backend_name() == "sqlite":
         return url.database or ":memory:"
@@ -392,13 +432,25 @@ def main(argv: list[str] | None = None) -> None:
     args = _parser().parse_args(argv)
     # The one-line failure below says what the connection warning would: not both.
     logging.getLogger("userapi.db").addHandler(logging.NullHandler())
-    settings: Settings | None = None
     try:
         if args.command == "new-feature":
             for path in _new_feature(args.name, Path.cwd()):
                 print(f"created {path}")
             return
-        settings = load_settings()
+        from kernel.settings import load_settings
+
+        # A bad setting stops here (SettingsError), before anything heavy is imported.
+        _run(args, load_settings())
+    except CommandError as error:
+        _fail(str(error))
+
+
+def _run(args: argparse.Namespace, settings: Settings) -> None:
+    from sqlalchemy.exc import DBAPIError
+
+    from kernel.errors import DatabaseUnavailable, InvalidInput, ProblemError
+
+    try:
         if args.command == "serve":
             _serve(args, settings)
         elif args.command == "migrate":
@@ -434,10 +486,9 @@ def main(argv: list[str] | None = None) -> None:
             admin = asyncio.run(_create_admin(settings, _registration(args, password)))
             print(f"created admin {admin.email} ({admin.id})")
     except DatabaseUnavailable as error:
-        assert settings is not None
         _fail(f"cannot reach the database at {_location(settings)} ({_reason(error.__cause__)})")
     except DBAPIError as error:
-        if settings is None or not _refused(error):
+        if not _refused(error):
             raise
         refusal = str(error.orig).strip().splitlines()[:1] or [type(error.orig).__name__]
         _fail(f"the database at {_location(settings)} refused the connection: {refusal[0]}")
@@ -446,8 +497,6 @@ def main(argv: list[str] | None = None) -> None:
         _fail(f"invalid {issue.loc[-1]}: {issue.msg}" if issue else error.message)
     except ProblemError as error:  # email_taken, database_unavailable, ...
         _fail(error.message)
-    except CommandError as error:
-        _fail(str(error))
 
 
 def _fail(message: str) -> NoReturn:

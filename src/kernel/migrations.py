@@ -10,6 +10,7 @@ slice's, forgotten) is named, so the mistake is found at deploy, not by a user.
 """
 
 import logging
+from functools import cache
 from pathlib import Path
 
 from alembic import command
@@ -39,6 +40,7 @@ def alembic_config() -> Config:
     return config
 
 
+@cache  # the scripts a process ships with do not change under it; parsing them costs 2 ms
 def head_revision() -> str | None:
     return ScriptDirectory.from_config(alembic_config()).get_current_head()
 
