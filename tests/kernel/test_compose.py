@@ -20,7 +20,8 @@ _REFERENCE = re.compile(r"\$\{(\w+)(?:(:?[-?])([^}]*))?\}")
 # What an operator sets (compose.yaml's header), as they would.
 OPERATOR = {
     "POSTGRES_PASSWORD": "a-long-postgres-password",
-    "SECRET_KEY": "s" * 48,
+    # As the README's .env example makes one: secrets.token_urlsafe(48).
+    "SECRET_KEY": "pE0u3yGq9Jb2Vx7LmN4sT1wZc8HkR6fAdQy5UoXiBn3gWjKv0YtMl9SrCe2PhDa7",
     "SMTP_HOST": "mail.example.com",
 }
 

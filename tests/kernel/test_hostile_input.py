@@ -37,6 +37,8 @@ JSON_ROUTES = [
     ("PATCH", "/api/v1/users/{me}", '{"last_name": %s, "first_name": %s}'),
     ("POST", "/api/v1/users/me/deactivate", '{"current_password": %s, "x": %s}'),
     ("POST", "/api/v1/users/{me}/deactivate", '{"current_password": %s, "x": %s}'),
+    ("POST", "/api/v1/users/me/erase", '{"current_password": %s, "x": %s}'),
+    ("POST", "/api/v1/users/{me}/erase", '{"current_password": %s, "x": %s}'),
     ("POST", "/api/v1/auth/password-reset", '{"email": %s, "x": %s}'),
     ("POST", "/api/v1/auth/password-reset/confirm", '{"token": %s, "new_password": %s}'),
     ("POST", "/api/v1/auth/verify-email", '{"token": %s, "x": %s}'),
