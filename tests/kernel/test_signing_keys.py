@@ -220,15 +220,14 @@ async def test_a_kid_signed_elsewhere_is_learned_on_first_sight(
         token = (await login(quick_http, user)).access_token
         assert kid_of(token) == new.kid
 
-        # Accepted at the first try (a loaded machine may take seconds to answer it):
-        # learned from the token's kid, not from its own 10 s re-read coming round.
-        tries = await poll(
+        # Learned from the token's kid before its own 10 s re-read came round (9 s: a
+        # loaded machine took over 5 s once).
+        await poll(
             lambda: slow_http.get(ME, headers=bearer(token)),
             until=lambda r: r.status_code == 200,
-            within=20,
+            within=9,
             what="the slow process accepting the new kid",
         )
-        assert len(tries) == 1, [r.status_code for r in tries]
         assert slow_app.state.access_tokens.keyring.verifying_key(new.kid) is not None
 
 
