@@ -20,7 +20,8 @@ from tests.servers import free_port
 from tests.waiting import wait_until
 
 TOKEN = re.compile(r"(?<![A-Za-z0-9_-])([A-Za-z0-9_-]{43})(?![A-Za-z0-9_-])")
-CODE = re.compile(r"(?<!\d)(\d{6})(?!\d)")
+# A code is six digits standing alone: the digits ending a token (…HB708478) are not one.
+CODE = re.compile(r"(?<![A-Za-z0-9_-])(\d{6})(?![A-Za-z0-9_-])")
 DELIVERY_SECONDS = 20.0
 
 
