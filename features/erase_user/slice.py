@@ -161,7 +161,11 @@ async def erase_user_route(
     settings: SettingsDep,
     ip: ClientIP,
     user_agent: UserAgent,
-    body: Erasure | None = Body(default=None),
+    body: Erasure | None = Body(
+        default=None,
+        description="Administrators erasing someone else send no body (or null). "
+        "For your own account current_password is required: without it, 422.",
+    ),
 ) -> Response:
     """Erase a user for good: administrators need no body; for yourself, confirm your password.
 
