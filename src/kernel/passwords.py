@@ -13,7 +13,7 @@ from pydantic import AfterValidator, Field
 from pydantic_core import PydanticCustomError
 
 from kernel.errors import InvalidInput
-from kernel.fields import storable
+from kernel.fields import NO_NUL, storable
 
 PASSWORD_MIN_LENGTH = 8  # the floor; PASSWORD_MIN_LENGTH in settings may raise it
 PASSWORD_MAX_LENGTH = 256
@@ -52,12 +52,17 @@ Password = Annotated[
         "NFKC normalisation (the minimum is PASSWORD_MIN_LENGTH); not a common password, "
         "not the email.",
     ),
+    NO_NUL,
     AfterValidator(storable),
     AfterValidator(_nfkc_within_bounds),
 ]
 # A password being checked rather than set: any length, so an old one still verifies.
 CurrentPassword = Annotated[
-    str, Field(min_length=1, max_length=4096), AfterValidator(storable), AfterValidator(_nfkc)
+    str,
+    Field(min_length=1, max_length=4096),
+    NO_NUL,
+    AfterValidator(storable),
+    AfterValidator(_nfkc),
 ]
 
 

@@ -32,7 +32,7 @@ from sqlmodel import Field, SQLModel, col
 
 from kernel.db import SECRET_COLUMN, UTCDateTime, deleted_count, utc_now
 from kernel.email_tokens import revoke_email_tokens
-from kernel.fields import Documented, SafeText
+from kernel.fields import SafeText
 from kernel.settings import Settings
 from kernel.tokens import AccessTokens
 from kernel.users import User
@@ -84,10 +84,7 @@ def token_speaks_for(user: User | None, session: Session | None) -> TypeGuard[Us
 # What clients send back: the value we issued (about 70 characters). Anything up to 4096
 # characters is just an unknown token (401); the cap keeps absurd input away from the
 # database.
-# The schema says what SafeText refuses (NUL), so a schema-valid one is never a 422.
-RefreshTokenValue = Annotated[
-    SafeText, PydanticField(min_length=1, max_length=4096), Documented(pattern=r"^[^\x00]*$")
-]
+RefreshTokenValue = Annotated[SafeText, PydanticField(min_length=1, max_length=4096)]
 
 
 @dataclass(frozen=True)
