@@ -15,13 +15,11 @@ down_revision: str | None = "0005"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 
-# As in 0005, and one UPDATE more: erasure's (kernel.events.scrub_events), and only for
-# the events it empties. The account the event names must already be erased (its
-# tombstone written first, in the same transaction), or the event holds a typed email;
-# then the IP and user agent become NULL and the personal detail keys go (personal_keys:
-# the personal names of kernel.events.DETAIL_NAMES; a test checks they agree). The type,
-# time, ids and every other detail stay as they were.
-APPEND_ONLY = """
+
+def _trigger_function(on_update: str) -> str:
+    """The trigger function of 0005: a DELETE only past the retention the purge sets;
+    then `on_update`, the rule for an UPDATE."""
+    return f"""
 CREATE OR REPLACE FUNCTION security_events_append_only() RETURNS trigger
 LANGUAGE plpgsql AS $$
 DECLARE
@@ -36,6 +34,19 @@ BEGIN
         RAISE EXCEPTION 'security events are deleted only past their retention'
             USING ERRCODE = '42501';
     END IF;
+{on_update}
+END;
+$$
+"""
+
+
+# One UPDATE more than 0005: erasure's (kernel.events.scrub_events), and only for the
+# events it empties. The account the event names must already be erased (its tombstone
+# written first, in the same transaction), or the event holds a typed email; then the IP
+# and user agent become NULL and the personal detail keys go (personal_keys: the
+# personal names of kernel.events.DETAIL_NAMES; a test checks they agree). The type,
+# time, ids and every other detail stay as they were.
+APPEND_ONLY = _trigger_function("""
     IF NEW.id = OLD.id AND NEW.type = OLD.type AND NEW.at = OLD.at
         AND NEW.actor_id IS NOT DISTINCT FROM OLD.actor_id
         AND NEW.user_id IS NOT DISTINCT FROM OLD.user_id
@@ -48,29 +59,11 @@ BEGIN
         RETURN NEW;
     END IF;
     RAISE EXCEPTION 'security events are never changed, only emptied when their account is erased'
-        USING ERRCODE = '42501';
-END;
-$$
-"""
-
-UPDATE_NEVER = """
-CREATE OR REPLACE FUNCTION security_events_append_only() RETURNS trigger
-LANGUAGE plpgsql AS $$
-DECLARE
-    retention_days integer;
-BEGIN
-    IF TG_OP = 'DELETE' THEN
-        retention_days := NULLIF(current_setting('userapi.audit_retention_days', true), '')::integer;
-        IF retention_days >= 1 AND OLD.at < now() - make_interval(days => retention_days) THEN
-            RETURN OLD;
-        END IF;
-        RAISE EXCEPTION 'security events are deleted only past their retention'
-            USING ERRCODE = '42501';
-    END IF;
-    RAISE EXCEPTION 'security events are never updated' USING ERRCODE = '42501';
-END;
-$$
-"""
+        USING ERRCODE = '42501';""")
+# 0005's rule, for the downgrade.
+UPDATE_NEVER = _trigger_function(
+    "    RAISE EXCEPTION 'security events are never updated' USING ERRCODE = '42501';"
+)
 
 
 def upgrade() -> None:
