@@ -12,6 +12,7 @@ from sqlalchemy import text
 from sqlalchemy.exc import SQLAlchemyError
 
 from kernel.api_docs import install_docs
+from kernel.callers import CallerReads
 from kernel.client_ip import ClientAddressMiddleware
 from kernel.db import Database, metadata
 from kernel.email_tokens import EmailTokens
@@ -84,6 +85,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         else None
     )
     rate_limit = PerIPRateLimit(database, settings)
+    caller_reads = CallerReads(database)
 
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
@@ -99,6 +101,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             await mail_sender.stop()
         await keyring.stop()
         await rate_limit.close()
+        caller_reads.close()
         await database.dispose()
         if metrics is not None:
             metrics.worker_exiting()
@@ -129,6 +132,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.hashing = hashing
     app.state.guesses = PasswordGuesses(database, hashing, settings)
     app.state.access_tokens = AccessTokens(settings, keyring)
+    app.state.caller_reads = caller_reads
     app.state.refresh_tokens = RefreshTokens(settings)
     app.state.email_tokens = EmailTokens(database, settings)
     app.state.send_limits = SendLimits(settings)

@@ -314,9 +314,30 @@ def _ensure_sqlite_folder(url: str, setting: str) -> None:
             raise SettingsError(f"invalid setting {setting}: {error}") from None
 
 
+_OPENED = "userapi_request_session"
+_ON_OPEN = "userapi_on_session_open"
+
+
+def when_session_opens(request: Request, attach: Callable[[AsyncSession], None]) -> None:
+    """Run `attach` on the request's session: now if it is open, else when it opens.
+
+    For what a request read before, and without, a session (kernel.callers): a route
+    that never asks for a session never pays for one.
+    """
+    session: AsyncSession | None = getattr(request.state, _OPENED, None)
+    if session is not None:
+        attach(session)
+    else:
+        pending: list[Callable[[AsyncSession], None]] = getattr(request.state, _ON_OPEN, [])
+        setattr(request.state, _ON_OPEN, [*pending, attach])
+
+
 async def _request_session(request: Request) -> AsyncIterator[AsyncSession]:
     database: Database = request.app.state.database
     async with database.session(writes=request.method not in SAFE_METHODS) as session:
+        setattr(request.state, _OPENED, session)
+        for attach in getattr(request.state, _ON_OPEN, ()):
+            attach(session)
         yield session
 
 

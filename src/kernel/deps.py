@@ -12,11 +12,10 @@ from typing import Annotated, Any
 
 from fastapi import Depends, Request
 from fastapi.security import OAuth2PasswordBearer
-from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
-from sqlmodel import col
 
-from kernel.db import SessionDep, recheck_on_resume
+from kernel.callers import CallerReads
+from kernel.db import SessionDep, recheck_on_resume, when_session_opens
 from kernel.email_tokens import EmailTokens
 from kernel.errors import Forbidden, InvalidToken, NotAuthenticated, UserNotFound
 from kernel.guesses import PasswordGuesses
@@ -91,23 +90,17 @@ class Caller:
 
 async def _caller(
     request: Request,
-    db: SessionDep,
     tokens: AccessTokensDep,
+    reads: Annotated[CallerReads, Depends(_app_state("caller_reads"))],
     token: Annotated[str | None, Depends(_bearer)],
 ) -> Caller:
     if not token:
         raise NotAuthenticated()
     claims = tokens.verify(token)
-    # One indexed query for user and session: a revoked session (logout, password
+    # One primary-key read of user and session: a revoked session (logout, password
     # change, deactivation...) is seen here at once, in every process.
-    row = (
-        await db.execute(
-            select(User, Session)
-            .join(Session, col(Session.user_id) == col(User.id))
-            .where(col(User.id) == claims.user_id, col(Session.id) == claims.session_id)
-        )
-    ).one_or_none()
-    user, session = row if row else (None, None)
+    found = await reads.find(claims.user_id, claims.session_id)
+    user, session = found if found else (None, None)
     if not token_speaks_for(user, session):
         raise InvalidToken()
     assert session is not None
@@ -122,7 +115,14 @@ async def _caller(
         if was_admin and not user.is_superuser:
             raise Forbidden("You are no longer an administrator.")
 
-    recheck_on_resume(db, still_authorized)
+    def attach(db: AsyncSession) -> None:
+        # Read outside the session, they join it as if it had loaded them: a slice's
+        # changes to them are flushed with its own.
+        db.add(user)
+        db.add(session)
+        recheck_on_resume(db, still_authorized)
+
+    when_session_opens(request, attach)
     request.state.user_id = str(user.id)  # the request log's user_id
     return Caller(user=user, session=session)
 

@@ -20,6 +20,7 @@ from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 from fastapi import FastAPI
 
 from kernel.settings import Settings
+from kernel.signing_keys import CLOCK_SKEW_SECONDS
 from tests.conftest import make_settings
 from tests.factories import (
     TEST_SECRET,
@@ -39,6 +40,7 @@ from tests.kernel.helpers import (
     key_id,
     signing_key,
 )
+from tests.waiting import poll
 
 ME = "/api/v1/users/me"
 OTHER_SECRET = "another-secret-key-that-is-long-enough-for-hs256-9876543210"
@@ -180,6 +182,32 @@ async def test_expired_token_is_401(app: FastAPI, client: httpx.AsyncClient, use
     response = await client.get(ME, headers=bearer(forge_with(app, claims)))
 
     assert_problem(response, 401, "invalid_token")
+
+
+async def test_a_token_accepted_before_is_refused_once_it_expires(
+    app: FastAPI, client: httpx.AsyncClient, user: Account
+) -> None:
+    # Its signature is checked once and remembered (kernel.tokens); its lifetime is
+    # checked on every request. Expired a moment before the leeway ends: accepted now,
+    # refused a second or two later.
+    now = datetime.now(UTC)
+    # Whole seconds, as the token carries them.
+    refused_from = datetime.fromtimestamp(int(now.timestamp()) + 2, UTC)
+    expires = refused_from - timedelta(seconds=CLOCK_SKEW_SECONDS)
+    started = now - timedelta(minutes=15)
+    claims = access_claims(user, iat=started, nbf=started, exp=expires)
+    headers = bearer(forge_with(app, claims))
+    assert (await client.get(ME, headers=headers)).status_code == 200
+
+    answers = await poll(
+        lambda: client.get(ME, headers=headers),
+        until=lambda r: r.status_code != 200,
+        within=10,
+        what="the expired token refused",
+    )
+
+    assert datetime.now(UTC) >= refused_from
+    assert_problem(answers[-1], 401, "invalid_token")
 
 
 async def test_token_not_yet_valid_is_401(

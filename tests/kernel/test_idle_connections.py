@@ -61,3 +61,23 @@ async def test_a_connection_closed_while_idle_is_replaced_once_it_was_idle_long_
     assert first.status_code == first_answer, first.text
     # Either way the pool recovers: a disconnect invalidates every pooled connection.
     assert then.status_code == 200, then.text
+
+
+async def test_a_request_that_meets_a_closed_connection_is_answered_on_a_new_one(
+    own_database: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The token check (kernel.callers) reads on a pooled connection; when the server has
+    # closed it, the check is made again on a fresh one instead of failing the request.
+    # One pooled connection, never pinged: the request is sure to meet the dead one.
+    monkeypatch.setattr(kernel.db, "IDLE_PING_SECONDS", 3600.0)
+    url = postgres_url(own_database)
+    await migrate(url)
+    async with serving(make_settings(url, tmp_path, db_pool_size=1)) as (_, client):
+        account = await make_user(client)
+        assert (await client.get("/api/v1/users/me", headers=account.headers)).status_code == 200
+
+        assert await _terminate_connections(own_database) > 0
+        me = await client.get("/api/v1/users/me", headers=account.headers)
+
+    assert me.status_code == 200, me.text
+    assert me.json()["email"] == account.email
