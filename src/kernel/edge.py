@@ -1,4 +1,4 @@
-"""The HTTP/1.1 connection, as uvicorn's h11 protocol runs it, plus the limits uvicorn lacks.
+"""The HTTP/1.1 connection, as uvicorn's httptools protocol runs it, plus the limits uvicorn lacks.
 
 uvicorn alone arms no timer before a connection's first request, and cancels its keep-alive
 timer on any byte received: a connection that sends nothing, or one byte a minute, is held
@@ -8,27 +8,29 @@ head of any size. EdgeProtocol (`userapi serve` passes it to uvicorn) adds:
 - HEADER_TIMEOUT_SECONDS: a head must be complete within it, counted from the moment the
   connection opens or its previous response ends, however many bytes trickle in meanwhile.
 - BODY_TIMEOUT_SECONDS: once the head is in, the whole body must be within it.
-- A head (request line and header fields) over MAX_HEAD_BYTES: 431 as soon as the buffered,
-  still incomplete head passes the limit; the rest is never parsed.
+- A head (request line and header fields) over MAX_HEAD_BYTES: 431, and nothing more is
+  parsed. A complete head is measured from what the parser reports (request line, each
+  field as `name: value` and its line end), before the app sees it; a head still
+  incomplete is measured by the bytes read since it began, so a 64 MiB header is refused
+  after one socket read, never joined.
 - The connection cap (MAX_CONNECTIONS) per process. Past it a new connection first closes
   one already refused and lingering, else the oldest connection waiting for a head: one
   that never sent a request before one idling between requests. Those cost their clients
   nothing to reopen, and they are what an attacker who holds connections holds, so /health
   and every real request still get in. Only when every connection is mid-request is the
   new one shed: a 503, then closed.
-- problem+json for the server's own answers (400, 408, 431, 501, 503), with X-Request-ID.
+- problem+json for the server's own answers (400, 408, 431, 503), with X-Request-ID.
 
 Why not uvicorn's `limit_concurrency`: it answers 503 to every request once the open
 connections reach it, so idle connections an attacker holds would make /health 503; and it
 still accepts them all, so descriptors run out as before.
 
-Why h11, not httptools (uvicorn's choice when both are installed): h11 parses one event at
-a time out of a buffer it bounds itself (`max_incomplete_event_size`), so an oversized head
-is refused after one read, and its exact size is known. llhttp has no head limit, and
-httptools joins a long header value chunk by chunk in Python: 64 MiB took 4.5 s of CPU. Nor
-can it say where in a read a head ends, so a limit on top of it would be approximate. The
-price: about 80 µs more CPU per request (GET /health: 200 µs here, 125 µs on httptools),
-next to 50 ms or more of argon2 per login and a database round trip for most requests.
+Why httptools (llhttp), not h11: it parses in C. On h11 the edge cost about 80 µs of CPU
+more per request than the bare server does (GET /users/me's ceiling: 177 against 96 µs),
+as much as the rest of the server's work for a request. One approximation comes with it:
+llhttp does not say where in a read a request begins, so a head that begins in the same
+read as the previous pipelined request's body is measured from the start of that read. It
+can only be refused early, never let through larger.
 """
 
 import asyncio
@@ -40,10 +42,10 @@ from functools import cache
 from http import HTTPStatus
 from typing import Any
 
-import h11
+import httptools
 from starlette.responses import Response
 from uvicorn.config import Config
-from uvicorn.protocols.http.h11_impl import H11Protocol
+from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 from uvicorn.server import ServerState
 
 from kernel.errors import (
@@ -66,7 +68,11 @@ LINGER_MAX_BYTES = 1 << 20
 CAP_REPORT_INTERVAL_SECONDS = 10.0
 log = logging.getLogger("userapi.edge")
 
-H11Event = h11.Event | type[h11.NEED_DATA] | type[h11.PAUSED]
+# What a head's lines add to what the parser reports of them: the spaces around the
+# target and "HTTP/1.1\r\n", ": " and "\r\n" around each field value, and the blank line.
+REQUEST_LINE_EXTRA = 12
+FIELD_LINE_EXTRA = 4
+HEAD_END = 2
 
 
 @dataclass(frozen=True)
@@ -83,28 +89,6 @@ def edge_limits() -> EdgeLimits:
     return EdgeLimits(
         settings.header_timeout_seconds, settings.body_timeout_seconds, settings.connection_cap
     )
-
-
-class _HeadLimitedConnection(h11.Connection):
-    """h11's server side, refusing a head over MAX_HEAD_BYTES even when it arrives whole
-    (h11's own limit covers a head still incomplete), and remembering why it refused."""
-
-    def __init__(self) -> None:
-        super().__init__(h11.SERVER, max_incomplete_event_size=MAX_HEAD_BYTES)
-        self.refusal: h11.RemoteProtocolError | None = None
-
-    def next_event(self) -> H11Event:
-        awaiting_head = self.their_state is h11.IDLE
-        buffered = len(self.trailing_data[0]) if awaiting_head else 0
-        try:
-            event = super().next_event()
-            head_complete = awaiting_head and isinstance(event, h11.Request)
-            if head_complete and buffered - len(self.trailing_data[0]) > MAX_HEAD_BYTES:
-                raise h11.RemoteProtocolError("request head too large", error_status_hint=431)
-        except h11.RemoteProtocolError as error:
-            self.refusal = error
-            raise
-        return event
 
 
 class _Census:
@@ -148,7 +132,11 @@ class _Census:
 _census = _Census()
 
 
-class EdgeProtocol(H11Protocol):
+class _HeadTooLarge(Exception):
+    """Raised in a parser callback: httptools stops parsing, and the request is refused."""
+
+
+class EdgeProtocol(HttpToolsProtocol):
     def __init__(
         self,
         config: Config,
@@ -158,8 +146,6 @@ class EdgeProtocol(H11Protocol):
     ) -> None:
         super().__init__(config, server_state, app_state, _loop)
         self.limits = edge_limits()
-        self.parser = _HeadLimitedConnection()
-        self.conn = self.parser
         # "head" (awaited), "body" (the head is in, the body is not), "app" (the request is
         # in), or "closing": refused or evicted, nothing more is parsed.
         self.phase = "new"
@@ -167,6 +153,11 @@ class EdgeProtocol(H11Protocol):
         self.counted = False
         self.deadline: asyncio.TimerHandle | None = None
         self.dropped_bytes = 0
+        # Where the parser is in the latest request: its head, its body, or past both.
+        self.reading_head = self.reading_body = False
+        self.head_size = 0  # of the head being parsed, as the parser reports it
+        self.head_bytes_read = 0  # read while that head is incomplete
+        self.refused_head = False
 
     # --- uvicorn's protocol interface ---
 
@@ -192,22 +183,49 @@ class EdgeProtocol(H11Protocol):
         if self.phase == "closing":
             self._drop(data)
             return
-        super().data_received(data)
+        self._unset_keepalive_if_required()
+        try:
+            self.parser.feed_data(data)
+        except httptools.HttpParserUpgrade:
+            # ws="none": the request is served as a plain one. Not logged (uvicorn warns
+            # on each): a client must not be able to write the log at will.
+            pass
+        except httptools.HttpParserError:
+            self._refuse_unparsable()
+            return
+        if self.reading_head:
+            self.head_bytes_read += len(data)
+            if self.head_bytes_read > MAX_HEAD_BYTES:
+                self.refused_head = True
+                self._refuse_unparsable()
+                return
         self._follow_parser()
+
+    def on_message_begin(self) -> None:
+        super().on_message_begin()
+        self.reading_head, self.head_size = True, 0
+
+    def on_url(self, url: bytes) -> None:
+        super().on_url(url)
+        self._count_head(len(url))
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        self._count_head(len(name) + len(value) + FIELD_LINE_EXTRA)
+        super().on_header(name, value)
+
+    def on_headers_complete(self) -> None:
+        method = self.parser.get_method()
+        self._count_head(len(method) + REQUEST_LINE_EXTRA + HEAD_END)
+        self.reading_head, self.reading_body, self.head_bytes_read = False, True, 0
+        super().on_headers_complete()  # the app starts here: the head has passed
+
+    def on_message_complete(self) -> None:
+        self.reading_body = False
+        super().on_message_complete()
 
     def on_response_complete(self) -> None:
         super().on_response_complete()
         self._follow_parser()
-
-    def send_400_response(self, msg: str) -> None:  # noqa: ARG002 (it may quote the client)
-        """uvicorn's answer to whatever h11 refused: problem+json, with h11's status hint."""
-        status = self.parser.refusal.error_status_hint if self.parser.refusal else 400
-        if status == HeadersTooLarge.status:
-            detail = f"The request head exceeds {MAX_HEAD_BYTES} bytes."
-            self._refuse(render(HeadersTooLarge(detail)))
-        else:  # h11's message may quote the client's bytes: it is not repeated to anyone
-            detail = "The request is not valid HTTP/1.1."
-            self._refuse(problem_response(status, framework_code(status), detail))
 
     def shutdown(self) -> None:
         if self.phase == "closing":
@@ -215,14 +233,36 @@ class EdgeProtocol(H11Protocol):
         else:
             super().shutdown()
 
+    def _count_head(self, size: int) -> None:
+        self.head_size += size
+        if self.head_size > MAX_HEAD_BYTES:
+            self.refused_head = True
+            raise _HeadTooLarge()
+
+    def _refuse_unparsable(self) -> None:
+        """The server's answer to what the parser refused: problem+json, 431 or 400."""
+        if self.refused_head:
+            detail = f"The request head exceeds {MAX_HEAD_BYTES} bytes."
+            self._refuse(render(HeadersTooLarge(detail)))
+        else:  # the parser's message may quote the client's bytes: it is not repeated
+            detail = "The request is not valid HTTP/1.1."
+            self._refuse(problem_response(400, framework_code(400), detail))
+
     # --- the phases and their deadlines ---
 
     def _follow_parser(self) -> None:
-        """Move to the phase h11's view of the client says, with that phase's deadline."""
+        """Move to the phase the parser's view of the client says, with that phase's deadline."""
         if self.phase == "closing" or self.transport.is_closing():
             return
-        state = self.parser.their_state
-        phase = "head" if state is h11.IDLE else "body" if state is h11.SEND_BODY else "app"
+        cycle = self.cycle
+        if self.reading_head:
+            phase = "head"
+        elif self.reading_body:
+            phase = "body"
+        elif cycle is not None and not cycle.response_complete:
+            phase = "app"
+        else:
+            phase = "head"  # between requests
         if phase == self.phase:
             return
         self.phase = phase
@@ -237,7 +277,7 @@ class EdgeProtocol(H11Protocol):
             self.deadline = self.loop.call_later(self.limits.body_timeout, self._body_late)
 
     def _head_late(self) -> None:
-        if self.parser.trailing_data[0]:  # part of a head: it is answered
+        if self.reading_head:  # part of a head: it is answered
             self._refuse(render(RequestTimeout("The request head did not arrive in time.")))
         else:  # nothing sent: an answer could be mistaken for that of a request on its way
             self._close()
@@ -314,8 +354,8 @@ class EdgeProtocol(H11Protocol):
             _census.open -= 1
 
     def _raw(self, answer: Response, *, logged: bool = True) -> bytes:
-        """The whole answer as bytes, written past h11: the connection closes after it, so
-        h11's view of it no longer matters."""
+        """The whole answer as bytes, written past uvicorn's response cycle: the connection
+        closes after it."""
         request_id = uuid.uuid4().hex
         answer.headers["Connection"] = "close"
         answer.headers["X-Request-ID"] = request_id
