@@ -64,6 +64,12 @@ async def _log_schema_problem(schema: SchemaReadiness, database: Database) -> No
         log.error("not ready: %s", problem)
 
 
+async def _request_fits_its_route(request: Request) -> None:
+    # One dependency for both checks: FastAPI's cost is per dependency, on every request.
+    refuse_methods_a_literal_path_lacks(request)
+    require_declared_media_type(request)
+
+
 def create_app(settings: Settings | None = None) -> FastAPI:
     settings = settings or load_settings()
     configure_logging(settings)
@@ -115,10 +121,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         docs_url=None,
         redoc_url=None,
         openapi_url="/openapi.json" if settings.docs_enabled else None,
-        dependencies=[
-            Depends(refuse_methods_a_literal_path_lacks),
-            Depends(require_declared_media_type),
-        ],
+        dependencies=[Depends(_request_fits_its_route)],
         # operationId = the route function's name ("login", "update_me"): what generated
         # clients call their methods, so it should read well.
         generate_unique_id_function=lambda route: route.name.removesuffix("_route"),

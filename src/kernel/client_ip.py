@@ -17,6 +17,7 @@ turns uvicorn's own handling off so that it is not applied twice.
 import ipaddress
 from collections.abc import Sequence
 from contextvars import ContextVar
+from functools import lru_cache
 
 from starlette.types import ASGIApp, Receive, Scope, Send
 
@@ -45,6 +46,12 @@ def parse_trusted_proxies(value: str) -> tuple[IPNetwork, ...]:
     return tuple(networks)
 
 
+# Parsing an address costs more than the rest of the rule, and a client sends the same
+# one request after request: the parsed forms of the last few thousand are kept.
+ADDRESSES_KEPT = 4096
+
+
+@lru_cache(maxsize=ADDRESSES_KEPT)
 def _address(text: str) -> IPAddress | None:
     """An address as proxies write it: bare, `v4:port` or `[v6]:port`; None if it is not one."""
     text = text.strip()
@@ -87,6 +94,7 @@ def resolve_client_ip(
     return str(client)
 
 
+@lru_cache(maxsize=ADDRESSES_KEPT)
 def limit_key(ip: str) -> str:
     """What per-client limits count: the address, or for IPv6 its /64 network."""
     address = ipaddress.ip_address(ip)

@@ -7,7 +7,6 @@ refresh, logout, password reset, email verification, health, ready, docs) names
 
 import uuid
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
 from typing import Annotated, Any
 
 from fastapi import Depends, Request
@@ -80,20 +79,11 @@ async def _user_agent(request: Request) -> str | None:
 UserAgent = Annotated[str | None, Depends(_user_agent)]
 
 
-@dataclass(frozen=True)
-class Caller:
-    """Who is calling: the token's user and the session it belongs to."""
-
-    user: User
-    session: Session
-
-
-async def _caller(
-    request: Request,
-    tokens: AccessTokensDep,
-    reads: Annotated[CallerReads, Depends(_app_state("caller_reads"))],
-    token: Annotated[str | None, Depends(_bearer)],
-) -> Caller:
+async def _current_user(request: Request, token: Annotated[str | None, Depends(_bearer)]) -> User:
+    # app.state read here, not through dependencies: each dependency FastAPI solves
+    # costs CPU on every authenticated request (bench/profiles/users-me-*.txt).
+    tokens: AccessTokens = request.app.state.access_tokens
+    reads: CallerReads = request.app.state.caller_reads
     if not token:
         raise NotAuthenticated()
     claims = tokens.verify(token)
@@ -123,16 +113,17 @@ async def _caller(
         recheck_on_resume(db, still_authorized)
 
     when_session_opens(request, attach)
+    request.state.caller_session = session
     request.state.user_id = str(user.id)  # the request log's user_id
-    return Caller(user=user, session=session)
+    return user
 
 
-async def _current_user(caller: Annotated[Caller, Depends(_caller)]) -> User:
-    return caller.user
-
-
-async def _current_session(caller: Annotated[Caller, Depends(_caller)]) -> Session:
-    return caller.session
+async def _current_session(
+    request: Request,
+    _: Annotated[User, Depends(_current_user)],
+) -> Session:
+    session: Session = request.state.caller_session
+    return session
 
 
 async def _admin_user(user: Annotated[User, Depends(_current_user)]) -> User:

@@ -32,8 +32,8 @@ def has_body(request: Request) -> bool:
     )
 
 
-async def require_declared_media_type(request: Request) -> None:
-    """App-wide: a route with a JSON body answers 415 to a body of another type.
+def require_declared_media_type(request: Request) -> None:
+    """App-wide (kernel.app): a route with a JSON body answers 415 to a body of another type.
 
     Without this, FastAPI validates the raw bytes and answers a confusing 422. Routes
     that read their own body (login takes JSON or a form) check it themselves.

@@ -139,15 +139,20 @@ class RequestContextMiddleware:
                 log.exception("unhandled error request_id=%s", log_value(request_id))
         finally:
             seconds = time.perf_counter() - started
-            fields = request_log_fields(scope, status, seconds)
-            _log_request(fields)
-            if self.metrics is not None:
-                self.metrics.observe_request(
-                    fields["method"],
-                    fields["route"] or UNMATCHED_ROUTE,
-                    str(status) if status else "none",
-                    seconds,
-                )
+            # Both off (LOG_LEVEL=WARNING, no metrics): nothing to build the fields for.
+            if self.metrics is not None or log.isEnabledFor(logging.INFO):
+                self._record(scope, status, seconds)
+
+    def _record(self, scope: Scope, status: int | None, seconds: float) -> None:
+        fields = request_log_fields(scope, status, seconds)
+        _log_request(fields)
+        if self.metrics is not None:
+            self.metrics.observe_request(
+                fields["method"],
+                fields["route"] or UNMATCHED_ROUTE,
+                str(status) if status else "none",
+                seconds,
+            )
 
 
 class ProblemCORSMiddleware(CORSMiddleware):
