@@ -16,8 +16,9 @@ reported:
   login throughput then against argon2-cffi's own on the same core and thread count;
 - peak memory during a burst of 200 concurrent logins; unknown-email vs wrong-password
   login medians.
-Writes <out>/<date>.json and <out>/<date>.md (default bench/results/, not committed:
-numbers belong to the machine and moment they were measured on).
+Writes <out>/<date>.json, <out>/<date>.md and a chart, <out>/<date>.png (default
+bench/results/, not committed: numbers belong to the machine and moment they were
+measured on).
 """
 
 import argparse
@@ -40,6 +41,7 @@ import httpx
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from bench import endpoints, report, wrk
+from bench.chart import write_chart
 from bench.seed import ADMIN_EMAIL, PASSWORD, seed, user_email
 from bench.servers import BIN, Server, pinned, status_kib
 from kernel.db import Database
@@ -351,6 +353,7 @@ async def main() -> None:
     (args.out / f"{stem}.json").write_text(json.dumps(results, indent=2) + "\n")
     markdown = report.markdown(results)
     (args.out / f"{stem}.md").write_text(markdown)
+    write_chart(results, args.out / f"{stem}.png")
     print(markdown)
 
 

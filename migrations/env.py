@@ -9,6 +9,7 @@ from sqlalchemy.engine import Connection
 from sqlmodel.sql.sqltypes import AutoString
 
 from kernel.db import Database, UTCDateTime, metadata
+from kernel.migrations import schema_filter
 from kernel.settings import load_settings
 from kernel.slices import load_tables
 
@@ -37,6 +38,7 @@ def _migrate(connection: Connection) -> None:
         render_as_batch=connection.dialect.name == "sqlite",
         compare_type=True,
         render_item=_render_item,
+        include_object=schema_filter(connection.dialect.name),
     )
     with context.begin_transaction():
         context.run_migrations()

@@ -15,11 +15,13 @@ from pathlib import Path
 
 from alembic import command
 from alembic.config import Config
+from alembic.runtime.environment import IncludeObjectFn, NameFilterType
 from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
 from alembic.util.exc import CommandError
-from sqlalchemy import MetaData, inspect
+from sqlalchemy import Index, MetaData, inspect
 from sqlalchemy.engine import Connection
+from sqlalchemy.schema import SchemaItem
 
 from kernel.db import Database
 
@@ -38,6 +40,27 @@ def alembic_config() -> Config:
     config = Config()
     config.set_main_option("script_location", str(migrations_dir()))
     return config
+
+
+def schema_filter(dialect: str) -> IncludeObjectFn:
+    """What of the models is part of the schema on `dialect`, for Alembic's comparisons
+    (autogenerate, `alembic check`, the migration tests): an index of a kind only
+    PostgreSQL has (`postgresql_using`: GIN, GiST...) is created by its migration there
+    alone, so elsewhere it is neither missing nor to be created."""
+
+    def include(
+        item: SchemaItem,
+        _name: str | None,
+        _type: NameFilterType,
+        _reflected: bool,
+        _compare_to: SchemaItem | None,
+    ) -> bool:
+        postgresql_only = (
+            isinstance(item, Index) and item.dialect_options["postgresql"]["using"] is not None
+        )
+        return dialect == "postgresql" or not postgresql_only
+
+    return include
 
 
 @cache  # the scripts a process ships with do not change under it; parsing them costs 2 ms

@@ -73,7 +73,17 @@ SearchText = Annotated[
 
 class User(SQLModel, table=True):
     __tablename__ = "users"
-    __table_args__ = (Index("ix_users_created_at_id", "created_at", "id"),)
+    __table_args__ = (
+        Index("ix_users_created_at_id", "created_at", "id"),
+        # Serves `q` (a LIKE '%...%' on search_key) on PostgreSQL; created by migration
+        # 0007 there only: SQLite has no index of this kind (kernel.migrations).
+        Index(
+            "ix_users_search_key",
+            "search_key",
+            postgresql_using="gin",
+            postgresql_ops={"search_key": "gin_trgm_ops"},
+        ),
+    )
 
     id: uuid.UUID = Field(default_factory=uuid.uuid4, primary_key=True)
     # Stored already trimmed and case-folded, so a plain unique constraint is case-insensitive.

@@ -18,6 +18,9 @@ from tests.servers import run_program
 # About forty one-second wrk runs, on a machine the rest of the suite also loads.
 BENCHMARK_TIMEOUT_SECONDS = 600.0
 REPOSITORY = Path(__file__).resolve().parents[2]
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+# Two empty panels of the chart's size make about 15 kB; this run's bars, about 80 kB.
+MIN_CHART_BYTES = 40_000
 ENDPOINTS = {
     "GET /users/me",
     "GET /users/{id}",
@@ -77,3 +80,7 @@ async def test_the_benchmark_measures_every_endpoint_on_both_databases(tmp_path:
     assert series["argon2_alone_per_second"] > 0
     [table] = out.glob("*.md")
     assert "| GET /users/me |" in table.read_text()
+    [chart] = out.glob("*.png")
+    assert chart.stem == table.stem
+    assert chart.read_bytes().startswith(PNG_SIGNATURE)
+    assert chart.stat().st_size > MIN_CHART_BYTES  # bars drawn, not empty axes

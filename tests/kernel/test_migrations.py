@@ -30,7 +30,9 @@ async def database(empty_database: EmptyDatabase) -> AsyncIterator[Database]:
 
 
 def _differences(connection: Connection) -> list[Any]:
-    return list(compare_metadata(MigrationContext.configure(connection), metadata))
+    # Compared as `alembic check` compares (migrations/env.py): on this database's terms.
+    opts = {"include_object": migrations.schema_filter(connection.dialect.name)}
+    return list(compare_metadata(MigrationContext.configure(connection, opts=opts), metadata))
 
 
 def _tables(connection: Connection) -> set[str]:
