@@ -22,9 +22,9 @@ left to the slow way: the same statement through SQLAlchemy on a fresh pooled
 connection, whose failures the kernel's error handlers already answer (503 for an
 outage, 500 for a bug).
 
-The objects returned are the ORM's own, built as its loader builds them and detached:
-kernel.deps hands them to the request's session if the route opens one, so a slice sees
-no difference.
+The objects returned are the ORM's own, built as its loader builds them; `adopt` makes
+them part of a session as if it had loaded them (kernel.deps does, if the route opens
+one), so a slice sees no difference.
 """
 
 import sqlite3
@@ -34,6 +34,7 @@ from typing import Any
 
 from sqlalchemy import Column, bindparam, inspect, select
 from sqlalchemy.engine import make_url
+from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import make_transient_to_detached
 from sqlalchemy.util import greenlet_spawn
 from sqlmodel import SQLModel
@@ -63,7 +64,6 @@ class _Table:
             values = [p(v) if p else v for p, v in zip(self.processors, values, strict=True)]
         instance = self._new()
         instance.__dict__.update(zip(self.keys, values, strict=True))
-        make_transient_to_detached(instance)  # persistent-to-be: loaded, unchanged
         return instance
 
 
@@ -148,6 +148,15 @@ class CallerReads:
         user = self._users.instance(row[: self._split], convert=convert)
         session = self._sessions.instance(row[self._split :], convert=convert)
         return user, session
+
+
+def adopt(session: AsyncSession, *instances: SQLModel) -> None:
+    """Instances `find` returned, made part of the session as if it had loaded them: its
+    changes to them are flushed with its own. Only then: a request that opens no session
+    (GET /users/me) does not pay for it."""
+    for instance in instances:
+        make_transient_to_detached(instance)  # loaded and unchanged, not new
+        session.add(instance)
 
 
 def _sqlite_file(database: Database) -> str | None:

@@ -13,7 +13,7 @@ from fastapi import Depends, Request
 from fastapi.security import OAuth2PasswordBearer
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from kernel.callers import CallerReads
+from kernel.callers import CallerReads, adopt
 from kernel.db import SessionDep, recheck_on_resume, when_session_opens
 from kernel.email_tokens import EmailTokens
 from kernel.errors import Forbidden, InvalidToken, NotAuthenticated, UserNotFound
@@ -106,10 +106,7 @@ async def _current_user(request: Request, token: Annotated[str | None, Depends(_
             raise Forbidden("You are no longer an administrator.")
 
     def attach(db: AsyncSession) -> None:
-        # Read outside the session, they join it as if it had loaded them: a slice's
-        # changes to them are flushed with its own.
-        db.add(user)
-        db.add(session)
+        adopt(db, user, session)
         recheck_on_resume(db, still_authorized)
 
     when_session_opens(request, attach)
