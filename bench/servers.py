@@ -1,6 +1,6 @@
 """The processes a benchmark run starts: `userapi serve`, and the ceiling app under the
-same uvicorn settings (worker count, proxy headers, no access log), each optionally
-pinned to some CPUs; and what the kernel says of their CPU time and memory."""
+same uvicorn settings (worker count; no proxy headers, Server header or access log),
+each optionally pinned to some CPUs; and what the kernel says of their CPU time and memory."""
 
 import asyncio
 import os
@@ -53,9 +53,11 @@ class Server:
         name = "ceiling" if ceiling else "serve"
         port, count = str(self.port), str(workers)
         if ceiling:
-            # uvicorn's options as `userapi serve` passes them (kernel.cli).
+            # uvicorn's options as `userapi serve` passes them (kernel.cli), but on
+            # uvicorn's own httptools protocol: the edge's limits are userapi's cost.
             command = [str(BIN / "uvicorn"), "bench.ceiling:app", "--app-dir", str(REPOSITORY)]
-            command += ["--port", port, "--workers", count, "--proxy-headers", "--no-access-log"]
+            command += ["--port", port, "--workers", count, "--no-access-log"]
+            command += ["--no-proxy-headers", "--no-server-header", "--ws", "none"]
         else:
             command = [str(BIN / "userapi"), "serve", "--port", port, "--workers", count]
         self.command = pinned(command, cpus)
