@@ -36,7 +36,6 @@ can only be refused early, never let through larger.
 import asyncio
 import logging
 import time
-import uuid
 from dataclasses import dataclass
 from functools import cache
 from http import HTTPStatus
@@ -56,6 +55,7 @@ from kernel.errors import (
     problem_response,
     render,
 )
+from kernel.middleware import new_request_id
 from kernel.settings import load_settings
 
 MAX_HEAD_BYTES = 16 * 1024
@@ -356,7 +356,7 @@ class EdgeProtocol(HttpToolsProtocol):
     def _raw(self, answer: Response, *, logged: bool = True) -> bytes:
         """The whole answer as bytes, written past uvicorn's response cycle: the connection
         closes after it."""
-        request_id = uuid.uuid4().hex
+        request_id = new_request_id()
         answer.headers["Connection"] = "close"
         answer.headers["X-Request-ID"] = request_id
         if logged:  # the access log's line for a request the app never saw

@@ -12,9 +12,9 @@ script as a network error, never as the problem+json we sent.
 import json
 import logging
 import re
+import secrets
 import sys
 import time
-import uuid
 from typing import Any
 
 from fastapi.middleware.cors import CORSMiddleware
@@ -45,7 +45,12 @@ def request_id_for(headers: Headers) -> str:
     sent = headers.get("x-request-id", "").strip()
     if len(sent) <= MAX_REQUEST_ID_LENGTH and _PRINTABLE_ASCII.fullmatch(sent):
         return sent
-    return uuid.uuid4().hex
+    return new_request_id()
+
+
+def new_request_id() -> str:
+    """32 random hex digits (uuid4().hex's form, without building a UUID on every request)."""
+    return secrets.token_hex(16)
 
 
 def log_value(value: str) -> str:

@@ -48,7 +48,8 @@ from kernel.passwords import Password, check_new_password
 
 def _rfc3339(moment: datetime) -> str:
     """RFC 3339, UTC, always with microseconds: "2026-11-26T16:39:00.123456Z"."""
-    return moment.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+    # isoformat, not strftime: a third of the time, twice in every user a response shows.
+    return moment.astimezone(UTC).isoformat(timespec="microseconds").removesuffix("+00:00") + "Z"
 
 
 Timestamp = Annotated[
