@@ -92,7 +92,11 @@ def _storm_lines(series: dict[str, Any]) -> list[str]:
         storms = result.get("storms")
         if not storms:
             continue
-        lines.append(f"- {db}: /users/me idle p99 {storms['idle_p99_ms']} ms")
+        idle = f"- {db}: /users/me idle p99 {storms['idle_p99_ms']} ms"
+        if ceiling_idle := series.get("ceiling_idle"):
+            ratio = storms["idle_p99_ms"] / ceiling_idle["p99_ms"] if ceiling_idle["p99_ms"] else 0
+            idle += f" ({ratio:.2f}x the ceiling's {ceiling_idle['p99_ms']} ms at the same rate)"
+        lines.append(idle)
         for key, storm in storms.items():
             if not key.startswith("storm_"):
                 continue

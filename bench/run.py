@@ -292,6 +292,15 @@ async def series(args: argparse.Namespace, workers: int, workdir: Path) -> dict[
                     for name, measure in endpoints.plan(target, client, args, load_cpus):
                         loads[target.database][name].append(await measure())
                 if workers == 1:
+                    # The ceiling at the probes' low steady rate: what idle p99 is held to.
+                    ceiling_idle = await wrk.run(
+                        f"{ceiling.base}/api/v1/users/me",
+                        seconds=args.seconds,
+                        connections=2,
+                        script=wrk.paced(PROBE_INTERVAL_MS),
+                        cpus=load_cpus,
+                    )
+                    loads["ceiling"]["idle"].append(ceiling_idle.as_dict())
                     for target in targets:
                         storms[target.database].append(
                             await _storms(target, args.seconds, load_cpus)
@@ -299,6 +308,8 @@ async def series(args: argparse.Namespace, workers: int, workdir: Path) -> dict[
                     slots = load_settings(**{"web_concurrency": workers}).hashing_slots
                     argon2.append(await _argon2_alone(slots, args.seconds))
     out["ceiling"] = _median_loads(loads["ceiling"]["GET /users/me"])
+    if loads["ceiling"]["idle"]:
+        out["ceiling_idle"] = _median_loads(loads["ceiling"]["idle"])
     for database in args.databases:
         result = out["databases"][database]
         result["endpoints"] = {name: _median_loads(runs) for name, runs in loads[database].items()}
