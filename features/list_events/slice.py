@@ -11,6 +11,7 @@ whose changes they record (kernel.events.record_event); this slice only reads th
 import re
 import uuid
 from datetime import datetime
+from functools import cache
 from typing import Annotated
 
 from fastapi import APIRouter, Query
@@ -24,7 +25,7 @@ from kernel.db import SessionDep
 from kernel.deps import AdminUser, CurrentUser, SettingsDep
 from kernel.errors import Forbidden, problem_responses
 from kernel.events import Event, EventType, SecurityEvent
-from kernel.pages import CURSOR_SCHEMA, CursorCodec, InvalidCursor, after
+from kernel.pages import CURSOR_SCHEMA, CursorCodec, InvalidCursor, Keyset
 
 router = APIRouter(tags=["events"])
 
@@ -58,6 +59,12 @@ def _position(values: list[str]) -> tuple[datetime, uuid.UUID]:
     return datetime.fromisoformat(at), uuid.UUID(hex=event_id)
 
 
+# Built on first use and kept: the same for every page (kernel.pages.Keyset).
+@cache
+def _newest_first() -> Keyset:
+    return Keyset(col(SecurityEvent.at), col(SecurityEvent.id), descending=True)
+
+
 async def list_events(
     session: AsyncSession,
     codec: CursorCodec,
@@ -66,12 +73,11 @@ async def list_events(
     cursor: str | None,
     conditions: list[ColumnElement[bool]],
 ) -> EventPage:
-    query = select(SecurityEvent).where(*conditions)
-    keys = (col(SecurityEvent.at), col(SecurityEvent.id))
-    if cursor is not None:
-        query = query.where(after(keys, codec.decode(cursor, _position), descending=True))
-    order = (col(SecurityEvent.at).desc(), col(SecurityEvent.id).desc())
-    rows = list((await session.scalars(query.order_by(*order).limit(limit + 1))).all())
+    position = None if cursor is None else codec.decode(cursor, _position)
+    query, parameters = _newest_first().page(
+        select(SecurityEvent).where(*conditions), position, rows=limit + 1
+    )
+    rows = list((await session.scalars(query, parameters)).all())
     page, more = rows[:limit], len(rows) > limit
     last = page[-1] if more else None
     return EventPage(

@@ -7,6 +7,7 @@ returned, and the sort it belongs to, signed so an edited or forged one is refus
 import uuid
 from collections.abc import Callable
 from datetime import datetime
+from functools import cache
 from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Query
@@ -19,7 +20,7 @@ from sqlmodel import col
 from kernel.db import SessionDep
 from kernel.deps import AdminUser, SettingsDep
 from kernel.errors import Forbidden, problem_responses
-from kernel.pages import CURSOR_SCHEMA, CursorCodec, InvalidCursor, after
+from kernel.pages import CURSOR_SCHEMA, CursorCodec, InvalidCursor, Keyset
 from kernel.users import PrivateUser, SearchText, User, not_erased
 
 router = APIRouter(tags=["users"])
@@ -61,6 +62,13 @@ def _cursor_position(sort: Sort) -> Callable[[list[str]], tuple[Any, uuid.UUID]]
     return parse
 
 
+# Built on first use and kept: the same for every page (kernel.pages.Keyset).
+@cache
+def _keyset(sort: Sort) -> Keyset:
+    key = col(User.email) if sort.lstrip("-") == "email" else col(User.created_at)
+    return Keyset(key, col(User.id), descending=sort.startswith("-"))
+
+
 def _escape_like(text: str) -> str:
     return text.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
 
@@ -89,14 +97,12 @@ async def list_users(
     sort: Sort,
     include_total: bool,
 ) -> UserPage:
-    column: Any = col(User.email) if sort.lstrip("-") == "email" else col(User.created_at)
-    descending = sort.startswith("-")
-    query = _filtered(select(User), q, is_active)
-    if cursor is not None:
-        position = codec.decode(cursor, _cursor_position(sort))
-        query = query.where(after((column, col(User.id)), position, descending=descending))
-    order = (column.desc(), col(User.id).desc()) if descending else (column, col(User.id))
-    rows = list((await session.scalars(query.order_by(*order).limit(limit + 1))).all())
+    position = None if cursor is None else codec.decode(cursor, _cursor_position(sort))
+    # One row more than the page: whether there is a next one.
+    query, parameters = _keyset(sort).page(
+        _filtered(select(User), q, is_active), position, rows=limit + 1
+    )
+    rows = list((await session.scalars(query, parameters)).all())
     page, more = rows[:limit], len(rows) > limit
     total = None
     if include_total:

@@ -14,11 +14,12 @@ import json
 from collections.abc import Callable
 from typing import Any, TypeVar
 
-from sqlalchemy import ColumnElement, literal, tuple_
+from sqlalchemy import ColumnElement, Select, bindparam, tuple_
 
 from kernel.errors import ProblemError
 
 T = TypeVar("T")
+Q = TypeVar("Q", bound=Select[Any])
 
 
 class InvalidCursor(ProblemError):
@@ -35,6 +36,8 @@ CURSOR_SCHEMA: dict[str, Any] = {
     "maxLength": CURSOR_MAX_LENGTH,
     "pattern": r"^W[A-Za-z0-9_-]*\.[A-Za-z0-9_-]{22}$",
 }
+# The names of a paged query's parameters that hold the cursor's values.
+_AFTER_KEY, _AFTER_ID = "after_key", "after_id"
 
 
 class CursorCodec:
@@ -73,14 +76,34 @@ class CursorCodec:
             raise InvalidCursor() from None
 
 
-def after(columns: tuple[Any, Any], values: tuple[Any, Any], *, descending: bool) -> Any:
-    """Rows past the cursor's (sort key, id) in this order: one index range condition."""
-    keys = tuple_(*columns)
-    position = tuple_(
-        *(literal(value, column.type) for column, value in zip(columns, values, strict=True))
-    )
-    condition: ColumnElement[bool] = keys < position if descending else keys > position
-    return condition
+class Keyset:
+    """A list's order, by (sort key, id) ascending or descending, and its pages: the rows
+    just past a cursor's position in that order, one index range condition.
+
+    Built once per order, with bind parameters, so that a page's cursor gives only their
+    values. Building the row comparison anew for every page, the cursor's values in it,
+    was most of what a deep page cost beyond the first (bench/explain_pages.py): the
+    database's work is the same.
+    """
+
+    def __init__(self, key: Any, row_id: Any, *, descending: bool) -> None:
+        rows = tuple_(key, row_id)
+        cursor = tuple_(
+            bindparam(_AFTER_KEY, type_=key.type), bindparam(_AFTER_ID, type_=row_id.type)
+        )
+        self._after: ColumnElement[bool] = rows < cursor if descending else rows > cursor
+        self._order = (key.desc(), row_id.desc()) if descending else (key, row_id)
+
+    def page(
+        self, query: Q, position: tuple[Any, Any] | None, *, rows: int
+    ) -> tuple[Q, dict[str, Any]]:
+        """`query` in this order, from just past `position` (a cursor's sort key and id;
+        None for the first page), at most `rows` rows; and the parameters to run it with."""
+        query = query.order_by(*self._order).limit(rows)
+        if position is None:
+            return query, {}
+        key, row_id = position
+        return query.where(self._after), {_AFTER_KEY: key, _AFTER_ID: row_id}
 
 
 def _b64(raw: bytes) -> str:

@@ -146,6 +146,30 @@ async def test_walking_all_pages_returns_every_user_once_in_order(
     assert seen == expected_order(admin, accounts, sort)
 
 
+@pytest.mark.parametrize("sort", SORTS)
+async def test_a_cursor_at_a_users_own_sort_key_goes_on_by_id(
+    client: httpx.AsyncClient, admin: Account, sort: str
+) -> None:
+    # Two users may share a sort key (a created_at to the microsecond): the id orders
+    # them, so a cursor holding amy's key goes on from amy or just past her by its id.
+    accounts = await register_all(client, "cid", "amy", "bob")
+    amy, order = accounts[1], expected_order(admin, accounts, sort)
+    key = amy.record[sort.lstrip("-")]
+    lowest, highest = "0" * 32, "f" * 32
+    before_amy, past_amy = (highest, lowest) if sort.startswith("-") else (lowest, highest)
+
+    from_her = await page(
+        client, admin, sort=sort, cursor=signed_cursor([sort, key, before_amy], "list_users")
+    )
+    after_her = await page(
+        client, admin, sort=sort, cursor=signed_cursor([sort, key, past_amy], "list_users")
+    )
+
+    at = order.index(amy.id)
+    assert [item["id"] for item in from_her["items"]] == order[at:]
+    assert [item["id"] for item in after_her["items"]] == order[at + 1 :]
+
+
 async def test_last_page_that_fills_exactly_has_no_next_cursor(
     client: httpx.AsyncClient, admin: Account
 ) -> None:
