@@ -115,7 +115,7 @@ class Settings(BaseSettings):
     argon2_time_cost: int = Field(default=3, ge=1, le=20)
     argon2_memory_kib: int = Field(default=64 * 1024, ge=8, le=4 * 1024 * 1024)
     argon2_parallelism: int = Field(default=4, ge=1, le=16)
-    # Unset: derived from CPUs, memory and the argon2 memory cost (see hashing_slots).
+    # Unset: derived from CPUs, memory and the argon2 cost (see hashing_slots).
     hash_concurrency: int | None = Field(default=None, ge=1, le=256)
     # uvicorn's own variable for its worker count; `userapi serve --workers` sets it,
     # so the hashing memory budget is shared among the workers of one machine.
@@ -315,17 +315,20 @@ class Settings(BaseSettings):
     def hashing_slots(self) -> int:
         """argon2 hashes one process may run at once.
 
-        Each running hash holds ARGON2_MEMORY_KIB and keeps a core busy: at most one per
-        CPU, and all workers together within a quarter of the machine's memory.
+        Each running hash holds ARGON2_MEMORY_KIB and keeps ARGON2_PARALLELISM cores busy
+        (one thread a lane): one per that many CPUs, and all workers together within a
+        quarter of the machine's memory. More hashes than that only share the cores: no
+        more hashes a second, and a newcomer's hash, given a freed slot, would run beside
+        the others at a fraction of its speed (kernel.hashing: issue 12's flood).
         """
         if self.hash_concurrency:
             return self.hash_concurrency
-        cpus = os.cpu_count() or 1
+        by_cpu = max(1, (os.cpu_count() or 1) // self.argon2_parallelism)
         total_kib = _total_memory_kib()
         if total_kib is None:
-            return cpus
+            return by_cpu
         by_memory = total_kib // 4 // self.argon2_memory_kib // self.web_concurrency
-        return max(1, min(cpus, by_memory))
+        return max(1, min(by_cpu, by_memory))
 
     @property
     def resolved_log_format(self) -> Literal["json", "text"]:

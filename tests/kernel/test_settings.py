@@ -113,7 +113,16 @@ async def test_an_unusable_data_dir_stops_start_up_with_a_one_line_message(
 
 def test_hashing_slots_are_one_per_cpu_when_memory_allows() -> None:
     # 19 MiB a hash: any machine that runs this suite has room for one per CPU.
-    assert load_settings(argon2_memory_kib=19 * 1024).hashing_slots == (os.cpu_count() or 1)
+    settings = load_settings(argon2_memory_kib=19 * 1024, argon2_parallelism=1)
+
+    assert settings.hashing_slots == (os.cpu_count() or 1)
+
+
+def test_a_hash_with_several_lanes_takes_as_many_cpus_from_the_slots() -> None:
+    # 16 lanes: one slot per 16 CPUs, and at least one.
+    settings = load_settings(argon2_memory_kib=19 * 1024, argon2_parallelism=16)
+
+    assert settings.hashing_slots == max(1, (os.cpu_count() or 1) // 16)
 
 
 def test_hashing_slots_shrink_with_the_memory_cost_and_the_workers() -> None:
