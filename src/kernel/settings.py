@@ -58,6 +58,14 @@ def open_files_limit() -> int:
     return 1 << 20 if soft == resource.RLIM_INFINITY else soft
 
 
+def usable_cpus() -> int:
+    """The CPUs this process may run on: its affinity (taskset, a container's cpuset),
+    not the machine's count, which os.cpu_count() gives."""
+    if hasattr(os, "sched_getaffinity"):
+        return len(os.sched_getaffinity(0)) or 1
+    return os.cpu_count() or 1
+
+
 def _total_memory_kib() -> int | None:
     try:
         return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") // 1024
@@ -323,7 +331,7 @@ class Settings(BaseSettings):
         """
         if self.hash_concurrency:
             return self.hash_concurrency
-        by_cpu = max(1, (os.cpu_count() or 1) // self.argon2_parallelism)
+        by_cpu = max(1, usable_cpus() // self.argon2_parallelism)
         total_kib = _total_memory_kib()
         if total_kib is None:
             return by_cpu

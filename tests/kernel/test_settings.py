@@ -3,13 +3,19 @@
 API.md "Running it"; DESIGN.md "settings.py".
 """
 
-import os
 import secrets
 from pathlib import Path
 
 import pytest
 
-from kernel.settings import FD_RESERVE, Settings, SettingsError, load_settings, open_files_limit
+from kernel.settings import (
+    FD_RESERVE,
+    Settings,
+    SettingsError,
+    load_settings,
+    open_files_limit,
+    usable_cpus,
+)
 from tests.conftest import make_settings
 from tests.factories import TEST_SECRET, assert_problem, make_user, serving
 from tests.servers import cli_env, run_cli
@@ -115,14 +121,14 @@ def test_hashing_slots_are_one_per_cpu_when_memory_allows() -> None:
     # 19 MiB a hash: any machine that runs this suite has room for one per CPU.
     settings = load_settings(argon2_memory_kib=19 * 1024, argon2_parallelism=1)
 
-    assert settings.hashing_slots == (os.cpu_count() or 1)
+    assert settings.hashing_slots == usable_cpus()
 
 
 def test_a_hash_with_several_lanes_takes_as_many_cpus_from_the_slots() -> None:
     # 16 lanes: one slot per 16 CPUs, and at least one.
     settings = load_settings(argon2_memory_kib=19 * 1024, argon2_parallelism=16)
 
-    assert settings.hashing_slots == max(1, (os.cpu_count() or 1) // 16)
+    assert settings.hashing_slots == max(1, usable_cpus() // 16)
 
 
 def test_hashing_slots_shrink_with_the_memory_cost_and_the_workers() -> None:
