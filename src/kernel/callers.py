@@ -35,7 +35,7 @@ from typing import Any
 from sqlalchemy import Column, bindparam, inspect, select
 from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import AsyncSession
-from sqlalchemy.orm import make_transient_to_detached
+from sqlalchemy.orm import configure_mappers, make_transient_to_detached
 from sqlalchemy.util import greenlet_spawn
 from sqlmodel import SQLModel
 
@@ -71,6 +71,10 @@ class CallerReads:
     """`find(user_id, session_id)`: the user and that session of theirs, or None."""
 
     def __init__(self, database: Database) -> None:
+        # The ORM's first query configures every mapper; instances built here without
+        # one would lack their attribute machinery (a 500 on the first GET /users/me of
+        # a process that had run no query yet: HS256 keys, mail sender off).
+        configure_mappers()
         self._database = database
         dialect = database.engine.dialect
         self._users, self._sessions = _Table(User, dialect), _Table(Session, dialect)

@@ -27,10 +27,17 @@ still accepts them all, so descriptors run out as before.
 
 Why httptools (llhttp), not h11: it parses in C. On h11 the edge cost about 80 µs of CPU
 more per request than the bare server does (GET /users/me's ceiling: 177 against 96 µs),
-as much as the rest of the server's work for a request. One approximation comes with it:
-llhttp does not say where in a read a request begins, so a head that begins in the same
-read as the previous pipelined request's body is measured from the start of that read. It
-can only be refused early, never let through larger.
+as much as the rest of the server's work for a request. What comes with it:
+- llhttp does not say where in a read a request begins. A head that begins in the same
+  read as the previous request ends is measured from the next read on, so it may pass
+  the limit by up to one read before it is refused; and whitespace around field values,
+  which llhttp drops, is not counted. Either way no more than one read (256 KiB) is ever
+  buffered, and the app never sees more than 16 KiB of fields.
+- The parser reads ahead of a pipelined request still being answered. A later request
+  then waits untimed, and a refusal of it is sent once the earlier answers are complete.
+- The bytes after an Upgrade request in the same read are not parsed (llhttp stops
+  there): a request pipelined behind one is dropped, and the connection closed when the
+  header timeout passes. No route upgrades, and no common client pipelines after one.
 """
 
 import asyncio
@@ -158,6 +165,15 @@ class EdgeProtocol(HttpToolsProtocol):
         self.head_size = 0  # of the head being parsed, as the parser reports it
         self.head_bytes_read = 0  # read while that head is incomplete
         self.refused_head = False
+        # Requests whose head is in and whose response is not yet complete. The parser
+        # reads ahead of a pipelined request still being answered (h11 did not): a later
+        # request waits untimed until the earlier ones are answered, and a refusal of it
+        # waits for their answers to go first.
+        self.answering = 0
+        self.deferred_refusal: Response | None = None
+        # Whether a request ended in the read being parsed: one that begins after it in
+        # the same read began mid-read, where llhttp cannot say.
+        self.ended_in_read = self.began_mid_read = False
 
     # --- uvicorn's protocol interface ---
 
@@ -184,6 +200,7 @@ class EdgeProtocol(HttpToolsProtocol):
             self._drop(data)
             return
         self._unset_keepalive_if_required()
+        self.ended_in_read = False
         try:
             self.parser.feed_data(data)
         except httptools.HttpParserUpgrade:
@@ -194,7 +211,13 @@ class EdgeProtocol(HttpToolsProtocol):
             self._refuse_unparsable()
             return
         if self.reading_head:
-            self.head_bytes_read += len(data)
+            # The read it began in is counted only when the head began it: otherwise
+            # part of that read was the previous request's (a head can then pass the
+            # limit by at most one read before it is refused, never be refused early).
+            if self.began_mid_read:
+                self.began_mid_read = False
+            else:
+                self.head_bytes_read += len(data)
             if self.head_bytes_read > MAX_HEAD_BYTES:
                 self.refused_head = True
                 self._refuse_unparsable()
@@ -204,6 +227,7 @@ class EdgeProtocol(HttpToolsProtocol):
     def on_message_begin(self) -> None:
         super().on_message_begin()
         self.reading_head, self.head_size = True, 0
+        self.began_mid_read = self.ended_in_read
 
     def on_url(self, url: bytes) -> None:
         super().on_url(url)
@@ -217,14 +241,21 @@ class EdgeProtocol(HttpToolsProtocol):
         method = self.parser.get_method()
         self._count_head(len(method) + REQUEST_LINE_EXTRA + HEAD_END)
         self.reading_head, self.reading_body, self.head_bytes_read = False, True, 0
+        self.answering += 1
         super().on_headers_complete()  # the app starts here: the head has passed
 
     def on_message_complete(self) -> None:
         self.reading_body = False
+        self.ended_in_read = True
         super().on_message_complete()
 
     def on_response_complete(self) -> None:
+        self.answering -= 1
         super().on_response_complete()
+        if self.deferred_refusal is not None and not self.answering:
+            refusal, self.deferred_refusal = self.deferred_refusal, None
+            self._refuse(refusal)
+            return
         self._follow_parser()
 
     def shutdown(self) -> None:
@@ -243,10 +274,22 @@ class EdgeProtocol(HttpToolsProtocol):
         """The server's answer to what the parser refused: problem+json, 431 or 400."""
         if self.refused_head:
             detail = f"The request head exceeds {MAX_HEAD_BYTES} bytes."
-            self._refuse(render(HeadersTooLarge(detail)))
+            refusal = render(HeadersTooLarge(detail))
         else:  # the parser's message may quote the client's bytes: it is not repeated
             detail = "The request is not valid HTTP/1.1."
-            self._refuse(problem_response(400, framework_code(400), detail))
+            refusal = problem_response(400, framework_code(400), detail)
+        if self._earlier_requests():
+            # Their answers first; nothing more is parsed meanwhile.
+            self.phase = "closing"
+            self._cancel_deadline()
+            _census.forget(self)
+            self.deferred_refusal = refusal
+            return
+        self._refuse(refusal)
+
+    def _earlier_requests(self) -> int:
+        """Requests before the one being parsed that are still being answered."""
+        return self.answering - (1 if self.reading_body else 0)
 
     # --- the phases and their deadlines ---
 
@@ -254,13 +297,12 @@ class EdgeProtocol(HttpToolsProtocol):
         """Move to the phase the parser's view of the client says, with that phase's deadline."""
         if self.phase == "closing" or self.transport.is_closing():
             return
-        cycle = self.cycle
-        if self.reading_head:
+        if self._earlier_requests() > 0:
+            phase = "app"  # this one waits its turn, as a request not yet read would
+        elif self.reading_head:
             phase = "head"
         elif self.reading_body:
             phase = "body"
-        elif cycle is not None and not cycle.response_complete:
-            phase = "app"
         else:
             phase = "head"  # between requests
         if phase == self.phase:

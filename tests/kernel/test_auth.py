@@ -40,6 +40,7 @@ from tests.kernel.helpers import (
     key_id,
     signing_key,
 )
+from tests.servers import running_server
 from tests.waiting import poll
 
 ME = "/api/v1/users/me"
@@ -304,6 +305,22 @@ async def test_hs256_token_with_the_right_key_and_claims_is_accepted(
         response = await http.get(ME, headers=bearer(forge_token(access_claims(hs256_user))))
 
     assert response.status_code == 200, response.text
+
+
+async def test_a_new_process_accepts_a_token_as_its_very_first_request(
+    database_url: str, tmp_path: Path, hs256_user: Account
+) -> None:
+    # HS256 keys touch no table and the mail sender is off: the server has run no ORM
+    # query when this token reaches it, which once left the caller's objects half built.
+    env = {"JWT_ALGORITHM": "HS256", "MAIL_SENDER_ENABLED": "false"}
+    async with (
+        running_server(database_url, tmp_path, env=env) as server,
+        httpx.AsyncClient(base_url=server.base_url) as http,
+    ):
+        response = await http.get(ME, headers=hs256_user.headers)
+
+    assert response.status_code == 200, response.text
+    assert response.json()["id"] == hs256_user.id
 
 
 @pytest.mark.parametrize("kid", ["known", "unknown"])

@@ -11,6 +11,7 @@ import json
 import select
 import shutil
 import socket
+import sqlite3
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -18,6 +19,7 @@ import httpx
 import pytest
 
 from kernel.edge import MAX_HEAD_BYTES
+from tests.factories import registration
 from tests.servers import Server, running_server
 from tests.waiting import wait_until
 
@@ -187,6 +189,36 @@ async def test_a_trickled_body_is_answered_408_and_closed(sqlite_url: str, tmp_p
         sending = asyncio.create_task(trickle(slow, body))
         assert_edge_problem(await slow.until_closed(), 408, "request_timeout")
         assert await sending < len(body)
+
+
+async def test_a_refused_pipelined_request_waits_for_the_answer_before_it(
+    sqlite_url: str, tmp_path: Path
+) -> None:
+    # The parser reads ahead of a request still being answered: what it finds wrong with
+    # the next one must not take the first one's place on the wire.
+    env = {"HEADER_TIMEOUT_SECONDS": LONG, "BODY_TIMEOUT_SECONDS": SHORT}
+    body = json.dumps(registration()).encode()
+    first = (
+        b"POST /api/v1/auth/register HTTP/1.1\r\nHost: test\r\n"
+        b"Content-Type: application/json\r\nContent-Length: %d\r\n\r\n" % len(body) + body
+    )
+    second_never_finished = (
+        b"POST /api/v1/auth/login HTTP/1.1\r\nHost: test\r\n"
+        b"Content-Type: application/json\r\nContent-Length: 100\r\n\r\n{"
+    )
+    database = sqlite3.connect(sqlite_url.split(":///", 1)[1], isolation_level=None)
+    async with serving(sqlite_url, tmp_path, env) as server:
+        connection = await Connection.open(server)
+        database.execute("BEGIN IMMEDIATE")  # the registration waits for this write lock
+        await connection.send(first + second_never_finished)
+        # Long enough for the second request's body timeout to pass while the first waits.
+        await asyncio.sleep(3 * float(SHORT))
+        database.execute("ROLLBACK")
+
+        status, _, answer = await connection.response()
+        assert status == 201, answer
+        assert_edge_problem(await connection.until_closed(), 408, "request_timeout")
+    database.close()
 
 
 def head_of(size: int) -> bytes:
