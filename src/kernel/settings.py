@@ -324,14 +324,15 @@ class Settings(BaseSettings):
         """argon2 hashes one process may run at once.
 
         Each running hash holds ARGON2_MEMORY_KIB and keeps ARGON2_PARALLELISM cores busy
-        (one thread a lane): one per that many CPUs, and all workers together within a
+        (one thread a lane): all workers together one per that many CPUs, and within a
         quarter of the machine's memory. More hashes than that only share the cores: no
         more hashes a second, and a newcomer's hash, given a freed slot, would run beside
         the others at a fraction of its speed (kernel.hashing: issue 12's flood).
         """
         if self.hash_concurrency:
             return self.hash_concurrency
-        by_cpu = max(1, usable_cpus() // self.argon2_parallelism)
+        # The workers of one machine share its CPUs, as they share its memory.
+        by_cpu = max(1, usable_cpus() // (self.argon2_parallelism * self.web_concurrency))
         total_kib = _total_memory_kib()
         if total_kib is None:
             return by_cpu

@@ -131,6 +131,13 @@ def test_a_hash_with_several_lanes_takes_as_many_cpus_from_the_slots() -> None:
     assert settings.hashing_slots == max(1, usable_cpus() // 16)
 
 
+def test_the_workers_of_one_machine_share_its_cpus_for_hashing() -> None:
+    # Two workers, one lane a hash: each takes half the CPUs (and at least one).
+    settings = load_settings(argon2_memory_kib=19 * 1024, argon2_parallelism=1, web_concurrency=2)
+
+    assert settings.hashing_slots == max(1, usable_cpus() // 2)
+
+
 def test_hashing_slots_shrink_with_the_memory_cost_and_the_workers() -> None:
     # 4 GiB a hash shared by 256 workers: far beyond a quarter of memory, so one each.
     crowded = load_settings(argon2_memory_kib=4 * 1024 * 1024, web_concurrency=256)
