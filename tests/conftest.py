@@ -38,11 +38,24 @@ from tests.factories import (
     serving,
 )
 from tests.mail import Mailbox, mailbox_running
+from tests.memory import collect_less_often, forget_finished_apps
 from tests.shared_app import SharedApp, SharedAppKeeper
 
 POSTGRES_ADMIN_DSN = os.environ.get(
     "USERAPI_TEST_POSTGRES", "postgresql://postgres@127.0.0.1:5432/test"
 )
+
+
+def pytest_collection_finish(session: pytest.Session) -> None:
+    collect_less_often()
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_teardown(item: pytest.Item) -> Iterator[None]:
+    try:
+        return (yield)
+    finally:
+        forget_finished_apps()  # the test's app is torn down by now
 
 
 def postgres_url(database: str) -> str:
