@@ -2,7 +2,9 @@
 
 Isolation: SQLite gets a fresh copy of a migrated database file per test; PostgreSQL
 gets one migrated database per test session (per xdist worker), emptied before each
-test. Both commit for real, so concurrency tests see what production would.
+test. Both commit for real, so concurrency tests see what production would. A module's
+tests whose requests must all be refused may share one app, on a database of its own,
+instead (tests/shared_app.py says why that keeps them apart).
 """
 
 import asyncio
@@ -12,12 +14,14 @@ import tempfile
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager, contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import asyncpg
 import httpx
 import pytest
+import pytest_asyncio
 from fastapi import FastAPI
 
 from kernel import migrations
@@ -34,10 +38,24 @@ from tests.factories import (
     serving,
 )
 from tests.mail import Mailbox, mailbox_running
+from tests.memory import collect_less_often, forget_finished_apps
+from tests.shared_app import SharedApp, SharedAppKeeper
 
 POSTGRES_ADMIN_DSN = os.environ.get(
     "USERAPI_TEST_POSTGRES", "postgresql://postgres@127.0.0.1:5432/test"
 )
+
+
+def pytest_collection_finish(session: pytest.Session) -> None:
+    collect_less_often()
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_teardown(item: pytest.Item) -> Iterator[None]:
+    try:
+        return (yield)
+    finally:
+        forget_finished_apps()  # the test's app is torn down by now
 
 
 def postgres_url(database: str) -> str:
@@ -114,8 +132,10 @@ def sqlite_template(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
         yield path
 
 
-@pytest.fixture(scope="session")
-def postgres_database() -> Iterator[str]:
+@contextmanager
+def migrated_postgres_database() -> Iterator[str]:
+    """A new migrated database on the test server, dropped afterwards; the test is
+    skipped when the server is unreachable (failed under CI)."""
     name = f"userapi_test_{os.getpid()}_{uuid.uuid4().hex[:6]}"
     try:
         asyncio.run(admin_execute(f'CREATE DATABASE "{name}"'))
@@ -125,9 +145,23 @@ def postgres_database() -> Iterator[str]:
             pytest.fail(message)  # under CI a missing PostgreSQL fails the run
         pytest.skip(message)
     url = async_url(postgres_url(name))
-    asyncio.run(migrate(url))
-    yield url
-    asyncio.run(admin_execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+    try:
+        asyncio.run(migrate(url))
+        yield url
+    finally:
+        asyncio.run(admin_execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+
+
+@pytest.fixture(scope="session")
+def postgres_database() -> Iterator[str]:
+    with migrated_postgres_database() as url:
+        yield url
+
+
+def sqlite_copy(template: Path, copy: Path) -> str:
+    """The URL of a new copy of the migrated template."""
+    shutil.copyfile(template, copy)
+    return f"sqlite+aiosqlite:///{copy}"
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])
@@ -135,17 +169,62 @@ def database_url(request: pytest.FixtureRequest) -> str:
     if request.param == "sqlite":
         template: Path = request.getfixturevalue("sqlite_template")
         folder: Path = request.getfixturevalue("sqlite_folder")
-        copy = folder / "userapi.db"
-        shutil.copyfile(template, copy)
-        return f"sqlite+aiosqlite:///{copy}"
+        return sqlite_copy(template, folder / "userapi.db")
     url: str = request.getfixturevalue("postgres_database")
-    load_tables()
-    asyncio.run(_empty(url, [table.name for table in reversed(metadata.sorted_tables)]))
+    asyncio.run(empty(url))
     return url
 
 
-async def _empty(url: str, tables: list[str]) -> None:
-    """Delete every row, referencing tables first, on one plain connection.
+@dataclass
+class ModuleDatabase:
+    """A migrated database for one module's shared app (tests/shared_app.py), apart from
+    the per-test ones, which their tests copy or empty at will."""
+
+    url: str
+    template: Path | None  # SQLite: each reset is a new copy of the template
+    folder: Path
+    copies: int = 0
+
+    async def reset(self) -> str:
+        """Its URL, on a database as just migrated."""
+        if self.template is None:
+            await empty(self.url)
+            return self.url
+        self.copies += 1
+        return sqlite_copy(self.template, self.folder / f"shared-{self.copies}.db")
+
+
+@pytest.fixture(scope="module", params=["sqlite", "postgresql"])
+def module_database(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[ModuleDatabase]:
+    with scratch_folder(tmp_path_factory.mktemp("module")) as folder:
+        if request.param == "sqlite":
+            template: Path = request.getfixturevalue("sqlite_template")
+            yield ModuleDatabase(url="", template=template, folder=folder)
+            return
+        with migrated_postgres_database() as url:
+            yield ModuleDatabase(url=url, template=None, folder=folder)
+
+
+@pytest_asyncio.fixture(scope="module", loop_scope="module")
+async def shared_app_keeper(module_database: ModuleDatabase) -> AsyncIterator[SharedAppKeeper]:
+    async def fresh_settings() -> Settings:
+        return app_settings(await module_database.reset(), module_database.folder)
+
+    keeper = SharedAppKeeper(fresh_settings)
+    yield keeper
+    await keeper.close()
+
+
+@pytest_asyncio.fixture(loop_scope="module")
+async def shared_app(shared_app_keeper: SharedAppKeeper) -> SharedApp:
+    """The module's shared app, as built: for tests marked IN_THE_MODULE_LOOP."""
+    return await shared_app_keeper.fresh()
+
+
+async def empty(url: str) -> None:
+    """Delete every row of every table, referencing tables first, on one plain connection.
 
     The tables hold a few rows per test: DELETE costs about 2 ms where TRUNCATE, which
     swaps in new files for each table and its indexes, costs 25-50 ms, every test.
@@ -153,6 +232,8 @@ async def _empty(url: str, tables: list[str]) -> None:
     append-only lets this test-only cleanup through (the test server's user is a
     superuser, as that setting needs).
     """
+    load_tables()
+    tables = [table.name for table in reversed(metadata.sorted_tables)]
     connection = await asyncpg.connect(url.replace("+asyncpg", "", 1), timeout=5)
     try:
         # The names come from our own table metadata, never from input.
@@ -176,13 +257,17 @@ def make_settings(database_url: str, data_dir: Path, **overrides: Any) -> Settin
     return load_settings(**values)
 
 
-@pytest.fixture
-def settings(database_url: str, tmp_path: Path) -> Settings:
+def app_settings(database_url: str, data_dir: Path) -> Settings:
     """The app as deployed with a separate mail worker (MAIL_SENDER_ENABLED=false): mail is
     queued in the outbox, and nobody delivers it. Delivering every registration's mail in
     the background was half of the CPU of each user a test made; the tests about mail
-    override this fixture with a real SMTP server (the `mailbox` fixture), sender on."""
-    return make_settings(database_url, tmp_path, mail_sender_enabled=False)
+    override the `settings` fixture with a real SMTP server (the `mailbox` fixture), sender on."""
+    return make_settings(database_url, data_dir, mail_sender_enabled=False)
+
+
+@pytest.fixture
+def settings(database_url: str, tmp_path: Path) -> Settings:
+    return app_settings(database_url, tmp_path)
 
 
 @pytest.fixture

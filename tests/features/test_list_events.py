@@ -28,6 +28,7 @@ from tests.factories import (
     signed_cursor,
     types_of,
 )
+from tests.shared_app import IN_THE_MODULE_LOOP, SharedApp
 
 ME = "/api/v1/users/me/events"
 EVENTS = "/api/v1/events"
@@ -410,10 +411,10 @@ async def test_the_default_page_is_twenty_events(client: httpx.AsyncClient, user
     assert body["next_cursor"] is not None
 
 
+@IN_THE_MODULE_LOOP
 @pytest.mark.parametrize("limit", [0, 101, -1])
-async def test_a_limit_outside_1_to_100_is_422(
-    client: httpx.AsyncClient, admin: Account, limit: int
-) -> None:
+async def test_a_limit_outside_1_to_100_is_422(shared_app: SharedApp, limit: int) -> None:
+    client, admin = shared_app.client, shared_app.admin
     for path in (ME, EVENTS):
         response = await client.get(path, headers=admin.headers, params={"limit": limit})
         assert_problem(response, 422, "validation_error")
@@ -434,12 +435,14 @@ async def test_an_altered_cursor_is_422_invalid_cursor(
         assert_problem(response, 422, "invalid_cursor")
 
 
+@IN_THE_MODULE_LOOP
 @pytest.mark.parametrize("value", [["x"], {"a": 1}, 1, True, None], ids=repr)
 @pytest.mark.parametrize("position", [0, 1], ids=["at", "id"])
 @pytest.mark.parametrize("path", [ME, EVENTS])
 async def test_a_cursor_signed_with_the_real_key_holding_a_non_string_is_422(
-    client: httpx.AsyncClient, admin: Account, path: str, position: int, value: Any
+    shared_app: SharedApp, path: str, position: int, value: Any
 ) -> None:
+    client, admin = shared_app.client, shared_app.admin
     values: list[Any] = ["2026-12-01T00:00:00+00:00", uuid.uuid4().hex]
     values[position] = value
 
@@ -563,11 +566,13 @@ async def _events_of_fresh_login(client: httpx.AsyncClient, user: Account) -> li
 _ = make_admin  # the admin fixture comes from tests/conftest.py
 
 
+@IN_THE_MODULE_LOOP
 @pytest.mark.parametrize("value", ["0.5", "1733011200", "yesterday", "2026-13-01T00:00:00Z"])
 @pytest.mark.parametrize("parameter", ["since", "until"])
 async def test_a_time_filter_is_an_rfc3339_date_time_or_422(
-    client: httpx.AsyncClient, admin: Account, parameter: str, value: str
+    shared_app: SharedApp, parameter: str, value: str
 ) -> None:
+    client, admin = shared_app.client, shared_app.admin
     # A number is not a time here, though lax parsing would read it as a Unix timestamp.
     response = await client.get("/api/v1/events", params={parameter: value}, headers=admin.headers)
 

@@ -18,6 +18,7 @@ from tests.factories import (
     serving,
     signed_cursor,
 )
+from tests.shared_app import IN_THE_MODULE_LOOP, SharedApp
 
 PUBLIC_KEYS = {"id", "first_name", "last_name", "full_name", "bio", "avatar_url"}
 PRIVATE_KEYS = PUBLIC_KEYS | {
@@ -95,10 +96,10 @@ async def test_limit_100_is_accepted(client: httpx.AsyncClient, admin: Account) 
     assert [item["id"] for item in body["items"]] == [admin.id]
 
 
+@IN_THE_MODULE_LOOP
 @pytest.mark.parametrize("limit", ["0", "101", "-1", str(2**63), str(10**30), "ten", "1.5"])
-async def test_out_of_range_limit_returns_422(
-    client: httpx.AsyncClient, admin: Account, limit: str
-) -> None:
+async def test_out_of_range_limit_returns_422(shared_app: SharedApp, limit: str) -> None:
+    client, admin = shared_app.client, shared_app.admin
     response = await client.get("/api/v1/users", headers=admin.headers, params={"limit": limit})
 
     assert_problem(response, 422, "validation_error")
@@ -118,10 +119,10 @@ async def test_sort_orders_the_items(
     )
 
 
+@IN_THE_MODULE_LOOP
 @pytest.mark.parametrize("sort", ["name", "created", "+email", "--email", "EMAIL"])
-async def test_invalid_sort_returns_422(
-    client: httpx.AsyncClient, admin: Account, sort: str
-) -> None:
+async def test_invalid_sort_returns_422(shared_app: SharedApp, sort: str) -> None:
+    client, admin = shared_app.client, shared_app.admin
     response = await client.get("/api/v1/users", headers=admin.headers, params={"sort": sort})
 
     assert_problem(response, 422, "validation_error")
@@ -248,20 +249,22 @@ async def test_tampered_cursor_returns_422_invalid_cursor(
     assert_problem(response, 422, "invalid_cursor")
 
 
+@IN_THE_MODULE_LOOP
 @pytest.mark.parametrize(
     "cursor", ["", "garbage", "a.b", "a.b.c", ".", "e30.e30", "é.é", "\x00.\x00"]
 )
 async def test_garbage_cursor_returns_422_invalid_cursor(
-    client: httpx.AsyncClient, admin: Account, cursor: str
+    shared_app: SharedApp, cursor: str
 ) -> None:
+    client, admin = shared_app.client, shared_app.admin
     response = await client.get("/api/v1/users", headers=admin.headers, params={"cursor": cursor})
 
     assert_problem(response, 422, "invalid_cursor")
 
 
-async def test_overlong_garbage_cursor_returns_422_invalid_cursor(
-    client: httpx.AsyncClient, admin: Account
-) -> None:
+@IN_THE_MODULE_LOOP
+async def test_overlong_garbage_cursor_returns_422_invalid_cursor(shared_app: SharedApp) -> None:
+    client, admin = shared_app.client, shared_app.admin
     response = await client.get(
         "/api/v1/users", headers=admin.headers, params={"cursor": "x" * 1001}
     )
@@ -299,12 +302,14 @@ def cursor_values_with(sort: str, position: int, value: Any, user_id: str) -> li
     return values
 
 
+@IN_THE_MODULE_LOOP
 @pytest.mark.parametrize("value", NOT_STRINGS, ids=repr)
 @pytest.mark.parametrize("position", [0, 1, 2], ids=["sort", "key", "id"])
 @pytest.mark.parametrize("sort", ["created_at", "email"])
 async def test_cursor_signed_with_the_real_key_but_holding_a_non_string_is_422(
-    client: httpx.AsyncClient, admin: Account, sort: str, position: int, value: Any
+    shared_app: SharedApp, sort: str, position: int, value: Any
 ) -> None:
+    client, admin = shared_app.client, shared_app.admin
     cursor = signed_cursor(cursor_values_with(sort, position, value, admin.id), "list_users")
 
     response = await client.get(
@@ -412,14 +417,14 @@ async def test_q_of_100_characters_is_accepted(client: httpx.AsyncClient, admin:
     assert await emails(client, admin, q="x" * 100) == []
 
 
+@IN_THE_MODULE_LOOP
 @pytest.mark.parametrize(
     "params",
     [{"q": "x" * 101}, {"q": "nul\x00"}, {"is_active": "maybe"}],
     ids=["long-q", "nul-q", "bad-is_active"],
 )
-async def test_invalid_filter_returns_422(
-    client: httpx.AsyncClient, admin: Account, params: dict[str, str]
-) -> None:
+async def test_invalid_filter_returns_422(shared_app: SharedApp, params: dict[str, str]) -> None:
+    client, admin = shared_app.client, shared_app.admin
     response = await client.get("/api/v1/users", headers=admin.headers, params=params)
 
     assert_problem(response, 422, "validation_error")

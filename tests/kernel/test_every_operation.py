@@ -17,6 +17,9 @@ Each refusal must change nothing: what an admin sees of every user is compared b
 after, and a login's refresh token must still work afterwards (deactivation, a password
 change, logout and refresh itself would all spend or revoke it). The request sent is one
 the operation would act on (see `example_body`), so a refusal that let it through shows.
+The tests of refusals share one app and its accounts per database (tests/shared_app.py);
+those of the request id, whose requests may well be acted on, and of a deactivated
+user's token, which deactivates one, each build their own.
 
 Path parameters are filled with a real user's id, so requests reach authentication and
 validation instead of stopping at routing; secured operations get an admin's token when
@@ -49,6 +52,7 @@ from kernel.users import User
 from tests.conftest import make_settings
 from tests.factories import Account, assert_problem, make_admin, refresh
 from tests.kernel.helpers import access_claims, bearer, forge_token
+from tests.shared_app import IN_THE_MODULE_LOOP, SharedApp
 
 MAX_BODY_BYTES = 64 * 1024  # API.md "Limits": the contract's number, not the kernel's constant
 HTTP_METHODS = ("get", "put", "post", "delete", "options", "head", "patch", "trace")
@@ -271,6 +275,9 @@ async def assert_unchanged(
     # Deactivation, a password change and logout revoke this login; refresh spends it.
     still_works = await refresh(client, user.refresh_token)
     assert still_works.status_code == 200, still_works.text
+    # That one is spent: the user goes on with the pair it was given, as a client would.
+    tokens = still_works.json()
+    user.access_token, user.refresh_token = tokens["access_token"], tokens["refresh_token"]
 
 
 # --- the parametrisation itself -----------------------------------------------------------
@@ -317,26 +324,32 @@ async def _refused_with_token(
     await assert_unchanged(client, before, admin, user)
 
 
+@IN_THE_MODULE_LOOP
 @each(SECURED)
 async def test_operation_without_a_token_is_401(
-    client: httpx.AsyncClient, admin: Account, user: Account, operation: Operation
+    shared_app: SharedApp, operation: Operation
 ) -> None:
+    client, admin, user = shared_app.client, shared_app.admin, shared_app.user
     await _refused_with_token(client, admin, user, operation, {}, "not_authenticated")
 
 
+@IN_THE_MODULE_LOOP
 @each(SECURED)
 async def test_operation_with_a_garbage_token_is_401(
-    client: httpx.AsyncClient, admin: Account, user: Account, operation: Operation
+    shared_app: SharedApp, operation: Operation
 ) -> None:
+    client, admin, user = shared_app.client, shared_app.admin, shared_app.user
     headers = bearer("not-a-jwt-at-all")
 
     await _refused_with_token(client, admin, user, operation, headers, "invalid_token")
 
 
+@IN_THE_MODULE_LOOP
 @each(SECURED)
 async def test_operation_with_a_wrongly_signed_token_is_401(
-    client: httpx.AsyncClient, admin: Account, user: Account, operation: Operation
+    shared_app: SharedApp, operation: Operation
 ) -> None:
+    client, admin, user = shared_app.client, shared_app.admin, shared_app.user
     # Claims the server would accept for `user`, under the server's key id: only the
     # signature is wrong.
     headers = bearer(forge_token(access_claims(user), key=OTHER_SECRET))
@@ -395,10 +408,12 @@ def _example(operation: Operation, user: Account) -> dict[str, Any]:
     return body
 
 
+@IN_THE_MODULE_LOOP
 @each(WITH_JSON_BODY)
 async def test_operation_with_malformed_json_is_422(
-    client: httpx.AsyncClient, admin: Account, user: Account, operation: Operation
+    shared_app: SharedApp, operation: Operation
 ) -> None:
+    client, admin, user = shared_app.client, shared_app.admin, shared_app.user
     truncated = json.dumps(_example(operation, user)).encode()[:-1]  # no closing brace
 
     problem = await _refused_body(
@@ -409,10 +424,12 @@ async def test_operation_with_malformed_json_is_422(
     assert all({"loc", "msg", "type"} <= set(issue) for issue in problem["errors"])
 
 
+@IN_THE_MODULE_LOOP
 @pytest.mark.parametrize(("operation", "media_type"), OTHER_MEDIA_TYPE_CASES)
 async def test_operation_with_a_body_in_another_media_type_is_415(
-    client: httpx.AsyncClient, admin: Account, user: Account, operation: Operation, media_type: str
+    shared_app: SharedApp, operation: Operation, media_type: str
 ) -> None:
+    client, admin, user = shared_app.client, shared_app.admin, shared_app.user
     content = encoded(_example(operation, user), media_type)
 
     await _refused_body(
@@ -427,21 +444,25 @@ async def test_operation_with_a_body_in_another_media_type_is_415(
     )
 
 
+@IN_THE_MODULE_LOOP
 @pytest.mark.parametrize("framing", ["content-length", "chunked"])
 @each(WITH_JSON_BODY)
 async def test_operation_with_a_body_over_64_kib_is_413(
-    client: httpx.AsyncClient, admin: Account, user: Account, operation: Operation, framing: str
+    shared_app: SharedApp, operation: Operation, framing: str
 ) -> None:
+    client, admin, user = shared_app.client, shared_app.admin, shared_app.user
     oversized = padded(_example(operation, user), MAX_BODY_BYTES + 1)
     content = chunked(oversized) if framing == "chunked" else oversized
 
     await _refused_body(client, admin, user, operation, content, 413, "payload_too_large")
 
 
+@IN_THE_MODULE_LOOP
 @each(WITH_JSON_BODY)
 async def test_operation_with_an_unknown_field_is_422(
-    client: httpx.AsyncClient, admin: Account, user: Account, operation: Operation
+    shared_app: SharedApp, operation: Operation
 ) -> None:
+    client, admin, user = shared_app.client, shared_app.admin, shared_app.user
     body = _example(operation, user) | {UNKNOWN_FIELD: "x"}
 
     problem = await _refused_body(
@@ -451,10 +472,12 @@ async def test_operation_with_an_unknown_field_is_422(
     assert ["body", UNKNOWN_FIELD] in [issue["loc"] for issue in problem["errors"]]
 
 
+@IN_THE_MODULE_LOOP
 @each(WITH_JSON_BODY)
 async def test_operation_with_a_number_of_thousands_of_digits_is_422(
-    client: httpx.AsyncClient, admin: Account, user: Account, operation: Operation
+    shared_app: SharedApp, operation: Operation
 ) -> None:
+    client, admin, user = shared_app.client, shared_app.admin, shared_app.user
     # The first field of a body the operation would act on, set to a huge integer.
     example = _example(operation, user)
     name = next(iter(example))
@@ -469,11 +492,15 @@ async def test_operation_with_a_number_of_thousands_of_digits_is_422(
 # --- path parameters ----------------------------------------------------------------------
 
 
+@IN_THE_MODULE_LOOP
 @pytest.mark.parametrize("malformed", MALFORMED_UUIDS.values(), ids=MALFORMED_UUIDS.keys())
 @each(WITH_UUID_PATH)
 async def test_operation_with_a_malformed_uuid_in_the_path_is_422(
-    client: httpx.AsyncClient, admin: Account, user: Account, operation: Operation, malformed: str
+    shared_app: SharedApp, operation: Operation, malformed: str
 ) -> None:
+    client, admin, user = shared_app.client, shared_app.admin, shared_app.user
+    before = await observable_state(client, admin)
+
     response = await send(
         client, operation, user, headers=credentials(operation, admin), path_value=malformed
     )
@@ -481,6 +508,7 @@ async def test_operation_with_a_malformed_uuid_in_the_path_is_422(
     problem = assert_refused(response, 422, "validation_error")
     locations = [issue["loc"] for issue in problem["errors"]]
     assert all(["path", name] in locations for name in operation.uuid_path_parameters)
+    await assert_unchanged(client, before, admin, user)
 
 
 # --- every operation ----------------------------------------------------------------------
@@ -521,10 +549,12 @@ async def test_operation_generates_a_request_id_when_none_is_sent(
 UNDOCUMENTED_PATHS = ["/account/reset-password", "/account/verify-email", "/docs", "/openapi.json"]
 
 
+@IN_THE_MODULE_LOOP
 @each(OPERATIONS)
 async def test_operation_with_a_trailing_slash_is_404_never_a_redirect(
-    client: httpx.AsyncClient, admin: Account, user: Account, operation: Operation
+    shared_app: SharedApp, operation: Operation
 ) -> None:
+    client, admin, user = shared_app.client, shared_app.admin, shared_app.user
     # A redirect would point the client at the Host it sent, and a 307 makes it send its
     # credentials (or a password) there again.
     before = await observable_state(client, admin)

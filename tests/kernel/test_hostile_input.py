@@ -1,7 +1,9 @@
 """Hostile input on every route that takes input: a 4xx problem, and nothing changes.
 
 Each case sends one hostile request as a signed-in user, then compares everything an
-admin can see (every user's full record) with what it was before.
+admin can see (every user's full record) with what it was before. The cases share one
+app and its accounts per database (tests/shared_app.py); the names that must round-trip
+are stored, and get an app of their own.
 """
 
 from typing import Any
@@ -10,6 +12,7 @@ import httpx
 import pytest
 
 from tests.factories import Account
+from tests.shared_app import IN_THE_MODULE_LOOP, SharedApp
 
 LONG = "x" * 10_000
 # The last is past CPython's int-from-string digit limit (4300 by default).
@@ -76,17 +79,17 @@ def _assert_client_error(response: httpx.Response) -> None:
     assert response.json()["code"]
 
 
+@IN_THE_MODULE_LOOP
 @pytest.mark.parametrize(("method", "path", "template"), JSON_ROUTES)
 @pytest.mark.parametrize("value", HOSTILE_STRINGS.values(), ids=HOSTILE_STRINGS.keys())
 async def test_hostile_field_values_are_refused_and_change_nothing(
-    client: httpx.AsyncClient,
-    admin: Account,
-    user: Account,
+    shared_app: SharedApp,
     method: str,
     path: str,
     template: str,
     value: str,
 ) -> None:
+    client, admin, user = shared_app.client, shared_app.admin, shared_app.user
     before = await _everything(client, admin, user)
     body = (template % (value, value)).encode("utf-8", "surrogatepass")
 
@@ -101,17 +104,17 @@ async def test_hostile_field_values_are_refused_and_change_nothing(
     assert await _everything(client, admin, user) == before
 
 
+@IN_THE_MODULE_LOOP
 @pytest.mark.parametrize(("method", "path", "_template"), JSON_ROUTES)
 @pytest.mark.parametrize("body", HOSTILE_BODIES.values(), ids=HOSTILE_BODIES.keys())
 async def test_hostile_bodies_are_refused_and_change_nothing(
-    client: httpx.AsyncClient,
-    admin: Account,
-    user: Account,
+    shared_app: SharedApp,
     method: str,
     path: str,
     _template: str,
     body: str,
 ) -> None:
+    client, admin, user = shared_app.client, shared_app.admin, shared_app.user
     before = await _everything(client, admin, user)
 
     response = await client.request(
@@ -125,17 +128,17 @@ async def test_hostile_bodies_are_refused_and_change_nothing(
     assert await _everything(client, admin, user) == before
 
 
+@IN_THE_MODULE_LOOP
 @pytest.mark.parametrize("content_type", ["text/plain", "application/xml", "image/png"])
 @pytest.mark.parametrize(("method", "path", "_template"), JSON_ROUTES)
 async def test_wrong_content_types_get_415_and_change_nothing(
-    client: httpx.AsyncClient,
-    admin: Account,
-    user: Account,
+    shared_app: SharedApp,
     method: str,
     path: str,
     _template: str,
     content_type: str,
 ) -> None:
+    client, admin, user = shared_app.client, shared_app.admin, shared_app.user
     before = await _everything(client, admin, user)
 
     response = await client.request(
@@ -150,11 +153,13 @@ async def test_wrong_content_types_get_415_and_change_nothing(
     assert await _everything(client, admin, user) == before
 
 
+@IN_THE_MODULE_LOOP
 @pytest.mark.parametrize("parameter", ["limit", "is_active", "include_total", "sort"])
 @pytest.mark.parametrize("value", [*HUGE_NUMBERS, "1e3", "0x10", "5.5", "NaN", "yes!"])
 async def test_out_of_range_query_values_get_422(
-    client: httpx.AsyncClient, admin: Account, parameter: str, value: str
+    shared_app: SharedApp, parameter: str, value: str
 ) -> None:
+    client, admin = shared_app.client, shared_app.admin
     response = await client.get("/api/v1/users", headers=admin.headers, params={parameter: value})
 
     assert response.status_code == 422, response.text
