@@ -13,7 +13,6 @@ import argparse
 import asyncio
 import io
 import os
-import secrets
 import statistics
 import subprocess
 import sys
@@ -27,7 +26,7 @@ import httpx
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from bench import report, wrk
 from bench.endpoints import EMAIL_PATTERN
-from bench.run import PROBE_INTERVAL_MS, _login, _postgres_database, _prepared
+from bench.run import PROBE_INTERVAL_MS, _login, seeded_database, server_env
 from bench.seed import PASSWORD, user_email
 from bench.servers import REPOSITORY, Server
 
@@ -47,20 +46,10 @@ def _export(revision: str, folder: Path) -> Path:
 
 async def _compare(args: argparse.Namespace, database: str, base: Path, workdir: Path) -> None:
     async with AsyncExitStack() as stack:
-        if database == "sqlite":
-            url = f"sqlite:///{workdir / 'compare.db'}"
-        else:
-            url = await _postgres_database(args.postgres, stack)
-        await _prepared(url, args.users)
-        # One SECRET_KEY: it seals the signing key both userapi servers use.
-        env = {
-            "ENV": "production",
-            "MAIL_BACKEND": "log",
-            "LOG_LEVEL": "WARNING",
-            "SECRET_KEY": secrets.token_urlsafe(48),
-            # wrk sends everything from one address: the per-IP limit would answer 429s.
-            "RATE_LIMIT_PER_IP": "1000000/second",
-        }
+        url = await seeded_database(
+            database, workdir / "compare.db", args.postgres, args.users, stack
+        )
+        env = server_env()  # one SECRET_KEY, for both userapi servers on this database
         # The revision's code first on the path; no bytecode written into its copy or ours.
         old_env = env | {
             "PYTHONPATH": f"{base / 'src'}:{base}",
@@ -73,8 +62,8 @@ async def _compare(args: argparse.Namespace, database: str, base: Path, workdir:
         await servers["ceiling"].wait_ready("/health")
         headers: dict[str, dict[str, str]] = {"ceiling": {}}
         async with httpx.AsyncClient(timeout=60) as client:
-            for name, server_env in ((args.revision, old_env), ("this tree", env)):
-                servers[name] = Server(url, workdir, server_env, cpus=SERVER_CPUS)
+            for name, its_env in ((args.revision, old_env), ("this tree", env)):
+                servers[name] = Server(url, workdir, its_env, cpus=SERVER_CPUS)
                 stack.callback(servers[name].stop)
                 await servers[name].wait_ready()
                 token = (await _login(client, servers[name].base, user_email(1)))["access_token"]

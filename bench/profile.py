@@ -14,7 +14,6 @@ loop waiting in select) are left out, so shares are of the time the server worke
 import argparse
 import asyncio
 import os
-import secrets
 import subprocess
 import sys
 import tempfile
@@ -26,7 +25,7 @@ import httpx
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from bench import wrk
-from bench.run import _login, _postgres_database, _prepared
+from bench.run import _login, seeded_database, server_env
 from bench.seed import ADMIN_EMAIL, user_email
 from bench.servers import BIN, REPOSITORY, Server
 
@@ -63,19 +62,9 @@ async def _profile(
     args: argparse.Namespace, database: str, workdir: Path, commit: str, pressure: str
 ) -> None:
     async with AsyncExitStack() as stack:
-        if database == "sqlite":
-            url = f"sqlite:///{workdir / 'profile.db'}"
-        else:
-            url = await _postgres_database(args.postgres, stack)
-        await _prepared(url, args.users)
-        env = {
-            "ENV": "production",
-            "MAIL_BACKEND": "log",
-            "LOG_LEVEL": "WARNING",
-            "SECRET_KEY": secrets.token_urlsafe(48),
-            "RATE_LIMIT_PER_IP": "1000000/second",
-        }
-        server = Server(url, workdir, env, cpus=SERVER_CPUS)
+        file = workdir / "profile.db"
+        url = await seeded_database(database, file, args.postgres, args.users, stack)
+        server = Server(url, workdir, server_env(), cpus=SERVER_CPUS)
         stack.callback(server.stop)
         await server.wait_ready()
         async with httpx.AsyncClient(timeout=60) as client:

@@ -25,6 +25,7 @@ import argparse
 import asyncio
 import json
 import os
+import secrets
 import statistics
 import sys
 import tempfile
@@ -232,11 +233,10 @@ def _median_loads(loads: list[dict[str, Any]]) -> dict[str, Any]:
     return merged
 
 
-async def series(args: argparse.Namespace, workers: int, workdir: Path) -> dict[str, Any]:
-    """Every measurement with `workers` workers per server."""
-    cpus = SERVER_CPUS if workers == 1 else None
-    load_cpus = LOAD_CPUS if workers == 1 else None
-    env = {
+def server_env(log_level: str = "WARNING") -> dict[str, str]:
+    """The settings of every benchmarked server (one SECRET_KEY: servers of one run that
+    share a database must share it, as it seals their signing key)."""
+    return {
         # Production unless told otherwise (the smoke test runs ENV=test with cheap argon2).
         "ENV": os.environ.get("ENV", "production"),
         "MAIL_BACKEND": "log",
@@ -245,19 +245,37 @@ async def series(args: argparse.Namespace, workers: int, workdir: Path) -> dict[
         "RATE_LIMIT_PER_IP": "1000000/second",
         # The tokens taken before the rounds must outlast them.
         "ACCESS_TOKEN_TTL_SECONDS": str(24 * 3600),
-        "LOG_LEVEL": args.log_level,
+        "LOG_LEVEL": log_level,
+        "SECRET_KEY": secrets.token_urlsafe(48),
     }
+
+
+async def seeded_database(
+    database: str, file: Path, postgres: str, users: int, stack: AsyncExitStack
+) -> str:
+    """A migrated database seeded with `users` users: SQLite at `file`, or a scratch
+    PostgreSQL database on `postgres`, dropped when `stack` closes."""
+    if database == "sqlite":
+        url = f"sqlite:///{file}"
+    else:
+        url = await _postgres_database(postgres, stack)
+    await _prepared(url, users)
+    return url
+
+
+async def series(args: argparse.Namespace, workers: int, workdir: Path) -> dict[str, Any]:
+    """Every measurement with `workers` workers per server."""
+    cpus = SERVER_CPUS if workers == 1 else None
+    load_cpus = LOAD_CPUS if workers == 1 else None
+    env = server_env(args.log_level)
     out: dict[str, Any] = {"workers": workers, "databases": {}}
     async with AsyncExitStack() as stack:
         ceiling = Server("", workdir, env, workers=workers, cpus=cpus, ceiling=True)
         stack.callback(ceiling.stop)
         targets: list[Target] = []
         for database in args.databases:
-            if database == "sqlite":
-                url = f"sqlite:///{workdir / f'bench-{workers}.db'}"
-            else:
-                url = await _postgres_database(args.postgres, stack)
-            await _prepared(url, args.users)
+            file = workdir / f"bench-{workers}.db"
+            url = await seeded_database(database, file, args.postgres, args.users, stack)
             server = Server(url, workdir, env, workers=workers, cpus=cpus)
             stack.callback(server.stop)
             targets.append(Target(database, server, args.users))
