@@ -12,7 +12,7 @@ import os
 import shutil
 import tempfile
 import uuid
-from collections.abc import AsyncIterator, Generator, Iterator
+from collections.abc import AsyncIterator, Callable, Generator, Iterator
 from contextlib import asynccontextmanager, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -182,8 +182,22 @@ def database_url(request: pytest.FixtureRequest) -> str:
         folder: Path = request.getfixturevalue("sqlite_folder")
         return sqlite_copy(template, folder / "userapi.db")
     url: str = request.getfixturevalue("postgres_database")
-    asyncio.run(empty(url))
+    postgres_emptier: Callable[[], None] = request.getfixturevalue("postgres_emptier")
+    postgres_emptier()
     return url
+
+
+@pytest.fixture(scope="session")
+def postgres_emptier(postgres_database: str) -> Iterator[Callable[[], None]]:
+    """What empties the worker's database (see `empty`) before each test: on one
+    connection kept for the session, on an event loop of its own, where a connection per
+    test cost the test 5 ms and PostgreSQL 3-4 ms of CPU."""
+    with asyncio.Runner(loop_factory=asyncio.new_event_loop) as runner:
+        connection = runner.run(_emptying_connection(postgres_database))
+        try:
+            yield lambda: runner.run(connection.execute(_emptying_statements()))
+        finally:
+            runner.run(connection.close())
 
 
 @dataclass
@@ -243,16 +257,24 @@ async def empty(url: str) -> None:
     append-only lets this test-only cleanup through (the test server's user is a
     superuser, as that setting needs).
     """
-    load_tables()
-    tables = [table.name for table in reversed(metadata.sorted_tables)]
-    connection = await asyncpg.connect(url.replace("+asyncpg", "", 1), timeout=5)
+    connection = await _emptying_connection(url)
     try:
-        # The names come from our own table metadata, never from input.
-        statements = (f'DELETE FROM "{table}"' for table in tables)  # noqa: S608
-        await connection.execute("SET session_replication_role = replica")
-        await connection.execute("; ".join(statements))
+        await connection.execute(_emptying_statements())
     finally:
         await connection.close()
+
+
+async def _emptying_connection(url: str) -> asyncpg.Connection:
+    connection = await asyncpg.connect(url.replace("+asyncpg", "", 1), timeout=5)
+    await connection.execute("SET session_replication_role = replica")
+    return connection
+
+
+def _emptying_statements() -> str:
+    load_tables()
+    tables = [table.name for table in reversed(metadata.sorted_tables)]
+    # The names come from our own table metadata, never from input.
+    return "; ".join(f'DELETE FROM "{table}"' for table in tables)  # noqa: S608
 
 
 def make_settings(database_url: str, data_dir: Path, **overrides: Any) -> Settings:
