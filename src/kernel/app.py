@@ -3,9 +3,11 @@
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from types import MappingProxyType
 from typing import Any
 
 from fastapi import Depends, FastAPI, Request, Response
+from fastapi.routing import APIRoute
 from pydantic import BaseModel
 from sqlalchemy import exc as sa_exc
 from sqlalchemy import text
@@ -70,6 +72,12 @@ async def _request_fits_its_route(request: Request) -> None:
     require_declared_media_type(request)
 
 
+def _operation_id(route: APIRoute) -> str:
+    # operationId = the route function's name ("login", "update_me"): what generated
+    # clients call their methods, so it should read well.
+    return route.name.removesuffix("_route")
+
+
 def create_app(settings: Settings | None = None) -> FastAPI:
     settings = settings or load_settings()
     configure_logging(settings)
@@ -122,9 +130,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         redoc_url=None,
         openapi_url="/openapi.json" if settings.docs_enabled else None,
         dependencies=[Depends(_request_fits_its_route)],
-        # operationId = the route function's name ("login", "update_me"): what generated
-        # clients call their methods, so it should read well.
-        generate_unique_id_function=lambda route: route.name.removesuffix("_route"),
+        generate_unique_id_function=_operation_id,
         # API.md: a trailing slash is 404, never a redirect. Starlette's redirect points
         # at the Host header the client sent, and a 307 has the client resend its
         # credentials there. Every router's routes end up in this one, so this is all.
@@ -134,6 +140,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         # (4% of GET /users/me's CPU on PostgreSQL, bench/profiles) for nothing.
         telemetry={"tracing": False, "metrics": False, "logs": False},
     )
+    # The slice routes are built once per process and shared by its apps (kernel.slices
+    # `_mount`), so an override would reach no route: refused rather than ignored.
+    app.dependency_overrides = MappingProxyType({})  # type: ignore[assignment]
     app.state.settings = settings
     app.state.database = database
     app.state.hashing = hashing

@@ -165,44 +165,73 @@ def mount_slices(app: FastAPI) -> None:
     app.state.route_templates = templates
 
 
+# Each slice route as mounted, built once per process: building an APIRoute (its
+# dependency tree, its pydantic validators and serialisers) is most of what create_app
+# costs (30% of the CPU of the in-process tests, which build an app each). Keyed by what
+# the build reads from the app's router, so an app set up otherwise gets routes of its own.
+# A route is named by its id(): routes compare by value, and a slice's live as long as
+# its module.
+_MountKey = tuple[int, str, tuple[Any, ...], Any]
+_mounted: dict[_MountKey, APIRoute] = {}
+
+
 def _mount(app: FastAPI, prefix: str, route: BaseRoute) -> None:
     """The slice's route, added to the app's own router under the prefix.
 
     Not `app.include_router`: FastAPI (0.16x) keeps each included router as a branch it
     walks on every request, one slice after another, so routing cost grew with the
     slice count and with where a slice sorts (12% of GET /users/me's CPU, in profile).
-    The route is built again as include_router used to build it: the router's tags,
-    dependencies and responses are already in it.
+    The route is built as include_router used to build it, with the app router's
+    dependencies; the slice router's tags, dependencies and responses are already in it.
+    The built route is shared by every app of the process, so it names no app:
+    `app.dependency_overrides` has no effect on it (create_app makes that mapping
+    read-only, so trying fails loudly).
     """
     if not isinstance(route, APIRoute):
         raise TypeError(f"{route!r}: slices declare API routes only")
-    app.router.add_api_route(
-        prefix + route.path,
-        route.endpoint,
-        response_model=route.response_model,
-        status_code=route.status_code,
-        tags=route.tags,
-        dependencies=route.dependencies,
-        summary=route.summary,
-        description=route.description,
-        response_description=route.response_description,
-        responses=route.responses,
-        deprecated=route.deprecated,
-        methods=route.methods,
-        operation_id=route.operation_id,
-        response_model_include=route.response_model_include,
-        response_model_exclude=route.response_model_exclude,
-        response_model_by_alias=route.response_model_by_alias,
-        response_model_exclude_unset=route.response_model_exclude_unset,
-        response_model_exclude_defaults=route.response_model_exclude_defaults,
-        response_model_exclude_none=route.response_model_exclude_none,
-        include_in_schema=route.include_in_schema,
-        response_class=route.response_class,
-        name=route.name,
-        callbacks=route.callbacks,
-        openapi_extra=route.openapi_extra,
-        generate_unique_id_function=route.generate_unique_id_function,
+    own = app.router
+    key = (
+        id(route),
+        prefix,
+        tuple(depends.dependency for depends in own.dependencies),
+        own.generate_unique_id_function,
     )
+    if key not in _mounted:
+        builder = APIRouter(
+            dependencies=own.dependencies,
+            generate_unique_id_function=own.generate_unique_id_function,
+        )
+        builder.add_api_route(
+            prefix + route.path,
+            route.endpoint,
+            response_model=route.response_model,
+            status_code=route.status_code,
+            tags=route.tags,
+            dependencies=route.dependencies,
+            summary=route.summary,
+            description=route.description,
+            response_description=route.response_description,
+            responses=route.responses,
+            deprecated=route.deprecated,
+            methods=route.methods,
+            operation_id=route.operation_id,
+            response_model_include=route.response_model_include,
+            response_model_exclude=route.response_model_exclude,
+            response_model_by_alias=route.response_model_by_alias,
+            response_model_exclude_unset=route.response_model_exclude_unset,
+            response_model_exclude_defaults=route.response_model_exclude_defaults,
+            response_model_exclude_none=route.response_model_exclude_none,
+            include_in_schema=route.include_in_schema,
+            response_class=route.response_class,
+            name=route.name,
+            callbacks=route.callbacks,
+            openapi_extra=route.openapi_extra,
+            generate_unique_id_function=route.generate_unique_id_function,
+        )
+        [built] = builder.routes
+        assert isinstance(built, APIRoute)
+        _mounted[key] = built
+    own.routes.append(_mounted[key])
 
 
 def route_template(scope: Scope) -> str | None:

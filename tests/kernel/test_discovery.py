@@ -16,8 +16,8 @@ import features
 from kernel.app import create_app
 from kernel.settings import Settings
 from kernel.slices import SliceError
-from tests.conftest import make_settings
-from tests.factories import assert_problem, make_user, serving
+from tests.conftest import make_settings, sqlite_copy
+from tests.factories import assert_problem, make_user, register, serving
 from tests.kernel.helpers import FEATURES_DIR, forget_modules, slice_folder, unique_name
 from tests.servers import cli_env, run_cli
 
@@ -357,3 +357,36 @@ def test_a_root_router_that_is_not_an_api_router_stops_start_up(
 
     with slice_folder(more_features, name, source), pytest.raises(SliceError, match=name):
         create_app(offline_settings(tmp_path))
+
+
+# --- one process, several apps ---------------------------------------------------------
+
+
+async def test_apps_of_one_process_answer_from_their_own_database(
+    settings: Settings, sqlite_template: Path, tmp_path: Path
+) -> None:
+    # The slice routes are built once per process and shared by its apps: nothing of
+    # one app may reach a request to another.
+    other = make_settings(sqlite_copy(sqlite_template, tmp_path / "other.db"), tmp_path)
+
+    async with serving(settings) as (_, first), serving(other) as (_, second):
+        account = await make_user(first)
+        seen_by_second = await second.get("/api/v1/users/me", headers=account.headers)
+        again_on_second = await register(second, email=account.email)
+        seen_by_first = await first.get("/api/v1/users/me", headers=account.headers)
+
+    assert_problem(seen_by_second, 401, "invalid_token")
+    assert again_on_second.id != account.id
+    assert seen_by_first.status_code == 200, seen_by_first.text
+    assert seen_by_first.json()["id"] == account.id
+
+
+def test_a_dependency_override_is_refused_not_ignored(tmp_path: Path) -> None:
+    # The shared routes read no app's overrides: setting one would silently do nothing.
+    app = create_app(offline_settings(tmp_path))
+
+    async def stand_in() -> None:
+        return None
+
+    with pytest.raises(TypeError):
+        app.dependency_overrides[stand_in] = stand_in
