@@ -46,6 +46,7 @@ def plan(
 ) -> Iterator[tuple[str, Measure]]:
     """(name, measurement) for every endpoint, in the order they run within a round."""
     base, seconds, connections = target.server.base, args.seconds, args.connections
+    pace_ms: int = args.pace
     user = {"Authorization": f"Bearer {target.user_token}"}
 
     def get(path: str, headers: dict[str, str]) -> Measure:
@@ -57,6 +58,7 @@ def plan(
                 connections=connections,
                 headers=headers,
                 cpus=cpus,
+                pace_ms=pace_ms,
             )
             spent = target.server.cpu_seconds() - cpu
             return load.as_dict() | {
@@ -74,6 +76,7 @@ def plan(
                 threads=threads,
                 script=script(),
                 cpus=cpus,
+                pace_ms=pace_ms,
             )
             return load.as_dict()
 
@@ -88,6 +91,7 @@ def plan(
             threads=len(tokens),
             script=wrk.refresh_chains(tokens),
             cpus=cpus,
+            pace_ms=pace_ms,
         )
         return load.as_dict()
 

@@ -133,7 +133,7 @@ async def _argon2_alone(threads: int, seconds: float) -> float:
     return float(output)
 
 
-async def _storms(target: Target, seconds: float, cpus: str | None) -> dict[str, Any]:
+async def _storms(target: Target, seconds: float, cpus: str | None, pace_ms: int) -> dict[str, Any]:
     """p99 of /users/me at a steady low rate, idle and during login storms."""
     me_url = f"{target.server.base}/api/v1/users/me"
     probe = {"Authorization": f"Bearer {target.user_token}"}
@@ -166,6 +166,7 @@ async def _storms(target: Target, seconds: float, cpus: str | None) -> dict[str,
                 connections=size,
                 script=script,
                 cpus=cpus,
+                pace_ms=pace_ms,
             ),
         )
         result[f"storm_{size}"] = {"probe": probed.as_dict(), "logins": storm.as_dict()}
@@ -304,6 +305,7 @@ async def series(args: argparse.Namespace, workers: int, workdir: Path) -> dict[
                     seconds=args.seconds,
                     connections=args.connections,
                     cpus=load_cpus,
+                    pace_ms=args.pace,
                 )
                 loads["ceiling"]["GET /users/me"].append(ceiling_load.as_dict())
                 for target in targets:
@@ -321,7 +323,7 @@ async def series(args: argparse.Namespace, workers: int, workdir: Path) -> dict[
                     loads["ceiling"]["idle"].append(ceiling_idle.as_dict())
                     for target in targets:
                         storms[target.database].append(
-                            await _storms(target, args.seconds, load_cpus)
+                            await _storms(target, args.seconds, load_cpus, args.pace)
                         )
                     slots = load_settings(**{"web_concurrency": workers}).hashing_slots
                     argon2.append(await _argon2_alone(slots, args.seconds))
@@ -344,6 +346,14 @@ async def main() -> None:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--seconds", type=float, default=5.0, help="per wrk run")
     parser.add_argument("--connections", type=int, default=32, help="for the read endpoints")
+    parser.add_argument(
+        "--pace",
+        type=int,
+        default=0,
+        metavar="MS",
+        help="each wrk connection waits MS between requests: a smoke run that exercises "
+        "every measurement without loading the machine (its numbers mean nothing)",
+    )
     parser.add_argument("--databases", default="sqlite,postgresql")
     parser.add_argument("--workers", default="1,2", help="one series per worker count")
     parser.add_argument("--burst", type=int, default=200)

@@ -72,8 +72,13 @@ async def run(
     headers: dict[str, str] | None = None,
     script: str | None = None,
     cpus: str | None = None,
+    pace_ms: int = 0,
 ) -> Load:
-    """wrk against `url` for `seconds`; pinned to `cpus` (taskset) when given."""
+    """wrk against `url` for `seconds`; pinned to `cpus` (taskset) when given. With
+    `pace_ms`, each connection waits that long between requests, unless the script
+    already sets its own pace."""
+    if pace_ms and "function delay" not in (script or ""):
+        script = (script or "") + paced(pace_ms)
     with tempfile.TemporaryDirectory() as folder:
         command = [
             wrk_command(),
