@@ -6,6 +6,9 @@ What it costs, and how the kernel pays it: anything can change while the hash ru
 the caller is confirmed again afterwards; a token revoked meanwhile is refused.
 
 Each test waits on the hashing slots' own state (busy, queued), never on a fixed sleep.
+The queue is made of unknown-email logins, which hash at the slow cost like any login;
+the accounts a test needs are made before, at the suite's fast cost (`accounts`): only
+the queue has to be slow, and each slow hash is a third of a second of CPU.
 """
 
 import asyncio
@@ -39,6 +42,17 @@ def one_slow_slot(database_url: str, data_dir: Path) -> Settings:
     )
 
 
+async def accounts(
+    database_url: str, data_dir: Path, *, admins: int, users: int
+) -> tuple[list[Account], list[Account]]:
+    """Admins and users, logged in, made on the same database by an app at the suite's
+    fast argon2 cost; their tokens hold in the slow app (one signing key, in the database)."""
+    async with serving(make_settings(database_url, data_dir)) as (app, client):
+        made_admins = [await make_admin(client, app) for _ in range(admins)]
+        made_users = [await make_user(client) for _ in range(users)]
+    return made_admins, made_users
+
+
 def hashing(app: FastAPI) -> PasswordHashing:
     slots: PasswordHashing = app.state.hashing
     return slots
@@ -52,9 +66,9 @@ def login(client: httpx.AsyncClient, account: Account) -> Coroutine[Any, Any, ht
 async def test_other_writers_go_on_while_a_login_is_hashing(
     database_url: str, tmp_path: Path
 ) -> None:
+    _, [writer] = await accounts(database_url, tmp_path, admins=0, users=1)
     async with serving(one_slow_slot(database_url, tmp_path)) as (app, client):
-        writer = await make_user(client)
-        someone = await register(client)
+        someone = await register(client)  # at the slow cost: its login is the slow hash
         hashing_login = asyncio.create_task(login(client, someone))
         await wait_until(lambda: hashing(app).slots_busy == 1, within=30, what="a hash started")
 
@@ -70,18 +84,23 @@ async def test_other_writers_go_on_while_a_login_is_hashing(
     assert login_still_hashing
 
 
+def unknown_email_login(client: httpx.AsyncClient, n: int) -> Coroutine[Any, Any, httpx.Response]:
+    # Hashed like any login (against a decoy at the configured cost), then refused.
+    body = {"email": f"nobody-{n}@example.com", "password": "not anyone's password"}
+    return client.post("/api/v1/auth/login", json=body)
+
+
 async def queue_behind_slow_logins(
     app: FastAPI,
     client: httpx.AsyncClient,
-    account: Account,
     request: Coroutine[Any, Any, httpx.Response],
 ) -> tuple["asyncio.Task[httpx.Response]", list["asyncio.Task[httpx.Response]"]]:
-    """Start QUEUED_AHEAD logins of `account`, then `request` behind them for the slot.
+    """Start QUEUED_AHEAD slow logins, then `request` behind them for the slot.
 
     Returns once `request` is waiting for (or holding) the slot: every login ahead is
     then counted in the slots, or finished, and one more is there.
     """
-    ahead = [asyncio.create_task(login(client, account)) for _ in range(QUEUED_AHEAD)]
+    ahead = [asyncio.create_task(unknown_email_login(client, n)) for n in range(QUEUED_AHEAD)]
 
     def in_the_slots() -> int:
         slots = hashing(app)
@@ -101,7 +120,7 @@ async def queued_behind_a_deactivation(
     request: Coroutine[Any, Any, httpx.Response],
 ) -> httpx.Response:
     """Send `request` while the hashing slot is busy; deactivate `victim` while it queues."""
-    queued, ahead = await queue_behind_slow_logins(app, client, admin, request)
+    queued, ahead = await queue_behind_slow_logins(app, client, request)
     deactivated = await client.post(f"/api/v1/users/{victim.id}/deactivate", headers=admin.headers)
     assert deactivated.status_code == 200
     # The deactivation landed while the request still waited for its hash.
@@ -114,9 +133,8 @@ async def queued_behind_a_deactivation(
 async def test_a_password_change_queued_behind_a_deactivation_is_refused(
     database_url: str, tmp_path: Path
 ) -> None:
+    [admin], [victim] = await accounts(database_url, tmp_path, admins=1, users=1)
     async with serving(one_slow_slot(database_url, tmp_path)) as (app, client):
-        admin = await make_admin(client, app)
-        victim = await make_user(client)
         change = client.patch(
             "/api/v1/users/me",
             headers=victim.headers,
@@ -133,9 +151,8 @@ async def test_a_password_change_queued_behind_a_deactivation_is_refused(
 async def test_a_login_queued_behind_a_deactivation_is_refused(
     database_url: str, tmp_path: Path
 ) -> None:
+    [admin], [victim] = await accounts(database_url, tmp_path, admins=1, users=1)
     async with serving(one_slow_slot(database_url, tmp_path)) as (app, client):
-        admin = await make_admin(client, app)
-        victim = await make_user(client)
         logged_in = await queued_behind_a_deactivation(
             app, client, admin, victim, login(client, victim)
         )
@@ -146,17 +163,14 @@ async def test_a_login_queued_behind_a_deactivation_is_refused(
 async def test_an_admin_demoted_while_queued_cannot_act_as_one(
     database_url: str, tmp_path: Path
 ) -> None:
+    [admin, other_admin], [victim] = await accounts(database_url, tmp_path, admins=2, users=1)
     async with serving(one_slow_slot(database_url, tmp_path)) as (app, client):
-        admin = await make_admin(client, app)
-        other_admin = await make_admin(client, app)
-        victim = await make_user(client)
         # An admin's change that needs a hash (a new password for the victim) waits for
         # the slot; meanwhile another admin demotes them. Admin status is checked again
         # after the hash, so the change is refused and nothing of it is applied.
         queued, ahead = await queue_behind_slow_logins(
             app,
             client,
-            other_admin,
             client.patch(
                 f"/api/v1/users/{victim.id}",
                 headers=admin.headers,
