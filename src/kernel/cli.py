@@ -423,6 +423,27 @@ def _reason(error: BaseException | None) -> str:
     return f"{type(error).__name__}: {message[0]}" if message else type(error).__name__
 
 
+def _schema_problem(settings: Settings) -> str | None:
+    """Why the database cannot serve this code (kernel.migrations), asked only after a
+    command failed in SQL; None when the schema is fine or cannot even be checked."""
+    from kernel import migrations
+    from kernel.db import Database, metadata
+    from kernel.slices import load_tables
+
+    async def ask() -> str | None:
+        load_tables()
+        database = Database(settings)
+        try:
+            return await migrations.SchemaReadiness(metadata).problem(database)
+        finally:
+            await database.dispose()
+
+    try:
+        return asyncio.run(ask())
+    except Exception:  # the command's own failure is the one to report
+        return None
+
+
 def _refused(error: DBAPIError) -> bool:
     sqlstate = str(getattr(error.orig, "sqlstate", None) or "")
     return sqlstate[:2] in _REFUSED_SQLSTATE_CLASSES
@@ -489,7 +510,12 @@ def _run(args: argparse.Namespace, settings: Settings) -> None:
         _fail(f"cannot reach the database at {_location(settings)} ({_reason(error.__cause__)})")
     except DBAPIError as error:
         if not _refused(error):
-            raise
+            # A table or column missing (never migrated, or AUTO_MIGRATE=false) is the
+            # operator's to fix, and they are told how; only then is anything a bug.
+            problem = _schema_problem(settings)
+            if problem is None:
+                raise
+            _fail(f"the database at {_location(settings)} is not ready: {problem}")
         refusal = str(error.orig).strip().splitlines()[:1] or [type(error.orig).__name__]
         _fail(f"the database at {_location(settings)} refused the connection: {refusal[0]}")
     except InvalidInput as error:

@@ -236,3 +236,20 @@ async def test_serve_shuts_down_gracefully_on_sigterm(tmp_path: Path) -> None:
     # uvicorn finishes the shutdown, then re-raises SIGTERM so the exit says why it stopped.
     assert returncode in {0, -signal.SIGTERM}
     assert "Application shutdown complete" in server.log_path.read_text()
+
+
+# --- a database never migrated ----------------------------------------------------------
+
+
+async def test_commands_on_a_database_never_migrated_say_to_migrate_in_one_line(
+    empty_database: EmptyDatabase, tmp_path: Path
+) -> None:
+    env = cli_env(DATABASE_URL=empty_database.operator_url)
+    for command in ("outbox", "purge-expired"):
+        result = await run_cli(command, env=env, cwd=tmp_path)
+
+        assert result.returncode == 1, (command, result.stdout, result.stderr)
+        assert "Traceback" not in result.stderr, (command, result.stderr)
+        [line] = result.stderr.strip().splitlines()
+        assert line.startswith("userapi: the database at "), line
+        assert "run `userapi migrate`" in line, line
