@@ -12,7 +12,6 @@ req/s and p99 and the ratios: what a hot-path change's commit message quotes.
 import argparse
 import asyncio
 import io
-import os
 import statistics
 import subprocess
 import sys
@@ -26,7 +25,13 @@ import httpx
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from bench import report, wrk
 from bench.endpoints import EMAIL_PATTERN
-from bench.run import PROBE_INTERVAL_MS, _login, seeded_database, server_env
+from bench.run import (
+    PROBE_INTERVAL_MS,
+    _login,
+    add_postgres_argument,
+    seeded_database,
+    server_env,
+)
 from bench.seed import PASSWORD, user_email
 from bench.servers import REPOSITORY, Server
 
@@ -162,12 +167,7 @@ async def main() -> None:
     parser.add_argument("--connections", type=int, default=32)
     parser.add_argument("--databases", default="sqlite,postgresql")
     parser.add_argument("--storm", type=int, default=0, help="N clients logging in instead")
-    parser.add_argument(
-        "--postgres",
-        default=os.environ.get(
-            "USERAPI_TEST_POSTGRES", "postgresql://postgres@127.0.0.1:5432/test"
-        ),
-    )
+    add_postgres_argument(parser)
     args = parser.parse_args()
     print(f"CPU pressure: {report.cpu_pressure()}")
     with tempfile.TemporaryDirectory() as folder:

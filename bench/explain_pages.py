@@ -24,7 +24,6 @@ Prints everything.
 
 import argparse
 import asyncio
-import os
 import re
 import sqlite3
 import statistics
@@ -42,7 +41,7 @@ from sqlalchemy import event
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from bench.explain_search import PLAN_MODES, Statement, explain
-from bench.run import _postgres_database, _prepared
+from bench.run import _postgres_database, _prepared, add_postgres_argument
 from features.list_users.slice import Sort, list_users
 from kernel.db import Database
 from kernel.pages import CursorCodec
@@ -205,13 +204,7 @@ async def main() -> None:
     parser.add_argument("--depth", type=int, default=50_000)
     parser.add_argument("--runs", type=int, default=300)
     parser.add_argument("--databases", default="sqlite,postgresql")
-    parser.add_argument(
-        "--postgres",
-        default=os.environ.get(
-            "USERAPI_TEST_POSTGRES", "postgresql://postgres@127.0.0.1:5432/test"
-        ),
-        help="a server where a scratch database may be created",
-    )
+    add_postgres_argument(parser)
     args = parser.parse_args()
     for name in (name.strip() for name in args.databases.split(",")):
         await {"sqlite": sqlite, "postgresql": postgresql}[name](args)

@@ -16,7 +16,6 @@ index), ANALYZE, and explain them again. Prints everything.
 
 import argparse
 import asyncio
-import os
 import sys
 from contextlib import AsyncExitStack
 from pathlib import Path
@@ -26,7 +25,7 @@ import asyncpg
 from sqlalchemy import event
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from bench.run import _postgres_database
+from bench.run import _postgres_database, add_postgres_argument
 from bench.seed import seed
 from features.list_users.slice import list_users
 from kernel.db import Database
@@ -105,13 +104,7 @@ async def main() -> None:
     parser.add_argument("--users", type=int, default=100_000)
     parser.add_argument("--terms", default="ada,number99999")
     parser.add_argument("--before", default="0006", help="the revision before the index")
-    parser.add_argument(
-        "--postgres",
-        default=os.environ.get(
-            "USERAPI_TEST_POSTGRES", "postgresql://postgres@127.0.0.1:5432/test"
-        ),
-        help="a server where a scratch database may be created",
-    )
+    add_postgres_argument(parser)
     args = parser.parse_args()
     terms = [term.strip() for term in args.terms.split(",") if term.strip()]
     async with AsyncExitStack() as stack:

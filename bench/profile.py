@@ -25,7 +25,7 @@ import httpx
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from bench import wrk
-from bench.run import _login, seeded_database, server_env
+from bench.run import _login, add_postgres_argument, seeded_database, server_env
 from bench.seed import ADMIN_EMAIL, user_email
 from bench.servers import BIN, REPOSITORY, Server
 
@@ -115,7 +115,7 @@ def main() -> None:
     parser.add_argument("--users", type=int, default=1000)
     parser.add_argument("--seconds", type=int, default=10)
     parser.add_argument("--endpoints", default="me,user,list")
-    parser.add_argument("--postgres", default="postgresql://postgres@127.0.0.1:5432/test")
+    add_postgres_argument(parser)
     args = parser.parse_args()
     commit = subprocess.run(
         ["git", "-C", str(REPOSITORY), "rev-parse", "--short", "HEAD"],

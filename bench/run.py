@@ -234,6 +234,18 @@ def _median_loads(loads: list[dict[str, Any]]) -> dict[str, Any]:
     return merged
 
 
+def add_postgres_argument(parser: argparse.ArgumentParser) -> None:
+    """--postgres: where scratch databases are made (USERAPI_TEST_POSTGRES by default, as
+    the test suite)."""
+    parser.add_argument(
+        "--postgres",
+        default=os.environ.get(
+            "USERAPI_TEST_POSTGRES", "postgresql://postgres@127.0.0.1:5432/test"
+        ),
+        help="a server where a scratch database may be created",
+    )
+
+
 def server_env(log_level: str = "WARNING") -> dict[str, str]:
     """The settings of every benchmarked server (one SECRET_KEY: servers of one run that
     share a database must share it, as it seals their signing key)."""
@@ -359,13 +371,7 @@ async def main() -> None:
     parser.add_argument("--burst", type=int, default=200)
     parser.add_argument("--timing-rounds", type=int, default=20)
     parser.add_argument("--log-level", default="WARNING", help="the servers' LOG_LEVEL")
-    parser.add_argument(
-        "--postgres",
-        default=os.environ.get(
-            "USERAPI_TEST_POSTGRES", "postgresql://postgres@127.0.0.1:5432/test"
-        ),
-        help="a server where a scratch database may be created",
-    )
+    add_postgres_argument(parser)
     parser.add_argument("--out", type=Path, default=RESULTS)
     args = parser.parse_args()
     args.databases = [name.strip() for name in args.databases.split(",") if name.strip()]

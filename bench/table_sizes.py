@@ -18,6 +18,7 @@ from pathlib import Path
 import asyncpg
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from bench.run import add_postgres_argument
 from bench.seed import seed
 from kernel.db import Database
 from kernel.migrations import upgrade
@@ -55,7 +56,7 @@ async def _report(connection: asyncpg.Connection, table: str) -> None:
 async def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--users", type=int, default=100_000)
-    parser.add_argument("--postgres", default="postgresql://postgres@127.0.0.1:5432/test")
+    add_postgres_argument(parser)
     args = parser.parse_args()
     os.environ.setdefault("SECRET_KEY", secrets.token_urlsafe(48))
     name = f"userapi_sizes_{uuid.uuid4().hex[:8]}"
