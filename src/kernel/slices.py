@@ -169,10 +169,11 @@ def mount_slices(app: FastAPI) -> None:
 # dependency tree, its pydantic validators and serialisers) is most of what create_app
 # costs (30% of the CPU of the in-process tests, which build an app each). Keyed by what
 # the build reads from the app's router, so an app set up otherwise gets routes of its own.
-# A route is named by its id(): routes compare by value, and a slice's live as long as
-# its module.
+# A route is named by its id() (routes compare by value), and kept beside what was built
+# from it, so that id is never reused by another route while the entry exists (a test
+# that forgets a probe slice's module would otherwise free it).
 _MountKey = tuple[int, str, tuple[Any, ...], Any]
-_mounted: dict[_MountKey, APIRoute] = {}
+_mounted: dict[_MountKey, tuple[APIRoute, APIRoute]] = {}
 
 
 def _mount(app: FastAPI, prefix: str, route: BaseRoute) -> None:
@@ -230,8 +231,8 @@ def _mount(app: FastAPI, prefix: str, route: BaseRoute) -> None:
         )
         [built] = builder.routes
         assert isinstance(built, APIRoute)
-        _mounted[key] = built
-    own.routes.append(_mounted[key])
+        _mounted[key] = (route, built)
+    own.routes.append(_mounted[key][1])
 
 
 def route_template(scope: Scope) -> str | None:
