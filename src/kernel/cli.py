@@ -62,7 +62,9 @@ def _started() -> None:
 
 
 def serving_app() -> FastAPI:
-    """The app `userapi serve` runs: uvicorn calls this in each worker."""
+    """The app `userapi serve` runs: uvicorn calls this in each worker. A worker of
+    `--workers N` is a new interpreter that never ran main(), and imports the app here."""
+    gc.set_threshold(*_START_UP_THRESHOLDS)
     from kernel.app import create_app
 
     app = create_app()
