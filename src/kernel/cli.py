@@ -49,8 +49,13 @@ _COLLECTION_THRESHOLDS = gc.get_threshold()
 # new process: 1.78 s median at the defaults, 1.50 s at these; five rounds each, side by
 # side). mypy makes the same trade.
 # Only start-up is long enough to matter for most commands; the long-running ones go
-# back to the defaults once their code is in (_started).
+# back to the defaults once their code is in (_starting_up, then _started).
 _START_UP_THRESHOLDS = (200_000, 30, 30)
+
+
+def _starting_up() -> None:
+    """Before a process imports what it runs: collect young objects at the start-up pace."""
+    gc.set_threshold(*_START_UP_THRESHOLDS)
 
 
 def _started() -> None:
@@ -64,7 +69,7 @@ def _started() -> None:
 def serving_app() -> FastAPI:
     """The app `userapi serve` runs: uvicorn calls this in each worker. A worker of
     `--workers N` is a new interpreter that never ran main(), and imports the app here."""
-    gc.set_threshold(*_START_UP_THRESHOLDS)
+    _starting_up()
     from kernel.app import create_app
 
     app = create_app()
@@ -485,7 +490,7 @@ def _refused(error: DBAPIError) -> bool:
 
 
 def main(argv: list[str] | None = None) -> None:
-    gc.set_threshold(*_START_UP_THRESHOLDS)
+    _starting_up()
     args = _parser().parse_args(argv)
     # The one-line failure below says what the connection warning would: not both.
     logging.getLogger("userapi.db").addHandler(logging.NullHandler())
