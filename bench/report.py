@@ -35,6 +35,8 @@ def storm_medians(rounds: list[dict[str, Any]]) -> dict[str, Any]:
             "p99_to_idle": round(p99 / idle_p99, 2) if idle_p99 else None,
             "logins_per_second": round(logins, 3),
             "errors": sum(r[key]["logins"]["errors"] + r[key]["probe"]["errors"] for r in rounds),
+            # Longer than --seconds where a window saw no login complete (bench/run.py).
+            "longest_window_seconds": max(r[key]["seconds"] for r in rounds),
         }
     return result
 
