@@ -1,7 +1,9 @@
 """The `userapi` command as a real process: one-off subcommands, and `userapi serve` for
 tests that need what only a process has: a port, several workers on one database, signals.
 
-A server's output goes to a log file in the test's working directory. Start-up fails fast
+Each is forked from the pytest worker's forkserver (tests/forkserver.py), which has
+already imported what `userapi` imports, unless its environment needs a fresh
+interpreter. A server's output goes to a log file in the test's working directory. Start-up fails fast
 when the process exits before it is healthy, and every failure to start, to stop, or of
 the test itself while a server runs carries the tail of that log.
 """
@@ -12,7 +14,7 @@ import os
 import resource
 import signal
 import socket
-import sys
+import tempfile
 import uuid
 from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from contextlib import AsyncExitStack, asynccontextmanager
@@ -22,8 +24,8 @@ from pathlib import Path
 import httpx
 
 from tests.factories import FAST_HASHING, GENEROUS_RATE, TEST_SECRET
+from tests.forkserver import USERAPI, ForkedProcess, fork_userapi, forks
 
-USERAPI = str(Path(sys.executable).parent / "userapi")
 CLI_TIMEOUT_SECONDS = 120.0
 # Generous: a loaded CI machine runs migrations and imports slowly. A server that dies
 # is noticed at once, so this bounds only a start-up that hangs.
@@ -95,6 +97,8 @@ async def run_program(
     within: float = CLI_TIMEOUT_SECONDS,
 ) -> CliResult:
     """PROGRAM ARGS in a subprocess, bounded by a timeout that reports what it printed."""
+    if forks(program, env):
+        return await _run_forked(list(args), env=env, cwd=cwd, within=within)
     process = await asyncio.create_subprocess_exec(
         program,
         *args,
@@ -120,9 +124,41 @@ async def run_program(
     return CliResult(process.returncode, stdout.decode(), stderr.decode())
 
 
+async def _run_forked(
+    args: list[str], *, env: Mapping[str, str], cwd: Path, within: float
+) -> CliResult:
+    """run_program for `userapi`, forked (tests.forkserver); its output goes to files."""
+    with tempfile.TemporaryFile() as stdout, tempfile.TemporaryFile() as stderr:
+        process = fork_userapi(
+            args,
+            env=env,
+            cwd=cwd,
+            stdout=stdout.fileno(),
+            stderr=stderr.fileno(),
+        )
+
+        def printed() -> tuple[str, str]:
+            stdout.seek(0), stderr.seek(0)
+            return stdout.read().decode(errors="replace"), stderr.read().decode(errors="replace")
+
+        try:
+            returncode = await asyncio.wait_for(process.wait(), within)
+        except TimeoutError:
+            process.kill()
+            await asyncio.wait_for(process.wait(), STOP_TIMEOUT_SECONDS)
+            out, err = printed()
+            raise ProcessError(
+                f"userapi {' '.join(args)} did not finish within {within:.0f} s\n"
+                f"--- stdout (last lines) ---\n{tail(out)}\n"
+                f"--- stderr (last lines) ---\n{tail(err)}"
+            ) from None
+        out, err = printed()
+    return CliResult(returncode, out, err)
+
+
 @dataclass
 class Server:
-    process: asyncio.subprocess.Process
+    process: asyncio.subprocess.Process | ForkedProcess
     base_url: str
     log_path: Path
 
@@ -259,6 +295,17 @@ async def _spawn(
     else:
         options = ["--port", str(port)]
     with log_path.open("wb") as log:  # the child keeps its own copy of the descriptor
+        if forks(USERAPI, env):
+            forked = fork_userapi(
+                ["serve", *options, *args],
+                env=env,
+                cwd=workdir,
+                stdout=log.fileno(),
+                stderr=log.fileno(),
+                new_session=True,
+                open_files=open_files,
+            )
+            return Server(forked, f"http://{host_from_env or '127.0.0.1'}:{port}", log_path)
         process = await asyncio.create_subprocess_exec(
             USERAPI,
             "serve",
