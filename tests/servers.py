@@ -3,9 +3,9 @@ tests that need what only a process has: a port, several workers on one database
 
 Each is forked from the pytest worker's forkserver (tests/forkserver.py), which has
 already imported what `userapi` imports, unless its environment needs a fresh
-interpreter. A server's output goes to a log file in the test's working directory. Start-up fails fast
-when the process exits before it is healthy, and every failure to start, to stop, or of
-the test itself while a server runs carries the tail of that log.
+interpreter. A server's output goes to a log file in the test's working directory.
+Start-up fails fast when the process exits before it is healthy, and every failure to
+start, to stop, or of the test itself while a server runs carries the tail of that log.
 """
 
 import asyncio
