@@ -266,8 +266,7 @@ def forks(program: str, env: Mapping[str, str]) -> bool:
         return False
     ours = {name: value for name, value in os.environ.items() if name.startswith("PYTHON")}
     theirs = {name: value for name, value in env.items() if name.startswith("PYTHON")}
-    same = all(ours.get(name) == value for name, value in theirs.items())
-    return same and "PYTHONPATH" not in theirs
+    return all(ours.get(name) == value for name, value in theirs.items())
 
 
 def fork_userapi(
