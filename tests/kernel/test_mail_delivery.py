@@ -27,11 +27,11 @@ from kernel.mail import OutboxMail
 from kernel.settings import Settings
 from tests.conftest import make_settings
 from tests.factories import assert_problem, login, register, serving
+from tests.forkserver import USERAPI
 from tests.kernel.helpers import slice_folder, unique_name
 from tests.mail import Mailbox, code_in, text_of, token_in
 from tests.servers import (
     STOP_TIMEOUT_SECONDS,
-    USERAPI,
     CliResult,
     log_tail,
     run_cli,

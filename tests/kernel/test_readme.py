@@ -11,7 +11,8 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.servers import USERAPI, running_server, server_env
+from tests.forkserver import USERAPI
+from tests.servers import running_server, server_env
 
 README = Path(__file__).resolve().parents[2] / "README.md"
 WALKTHROUGH_SECONDS = 120
