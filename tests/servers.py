@@ -114,14 +114,19 @@ async def run_program(
     except TimeoutError:
         process.kill()
         stdout, stderr = await asyncio.wait_for(communicating, STOP_TIMEOUT_SECONDS)
-        command = " ".join([Path(program).name, *args])
-        raise ProcessError(
-            f"{command} did not finish within {within:.0f} s\n"
-            f"--- stdout (last lines) ---\n{tail(stdout.decode(errors='replace'))}\n"
-            f"--- stderr (last lines) ---\n{tail(stderr.decode(errors='replace'))}"
-        ) from None
+        raise _did_not_finish([Path(program).name, *args], within, stdout, stderr) from None
     assert process.returncode is not None
     return CliResult(process.returncode, stdout.decode(), stderr.decode())
+
+
+def _did_not_finish(
+    command: Sequence[str], within: float, stdout: bytes, stderr: bytes
+) -> ProcessError:
+    return ProcessError(
+        f"{' '.join(command)} did not finish within {within:.0f} s\n"
+        f"--- stdout (last lines) ---\n{tail(stdout.decode(errors='replace'))}\n"
+        f"--- stderr (last lines) ---\n{tail(stderr.decode(errors='replace'))}"
+    )
 
 
 async def _run_forked(
@@ -137,23 +142,19 @@ async def _run_forked(
             stderr=stderr.fileno(),
         )
 
-        def printed() -> tuple[str, str]:
-            stdout.seek(0), stderr.seek(0)
-            return stdout.read().decode(errors="replace"), stderr.read().decode(errors="replace")
+        def printed() -> tuple[bytes, bytes]:
+            stdout.seek(0)
+            stderr.seek(0)
+            return stdout.read(), stderr.read()
 
         try:
             returncode = await asyncio.wait_for(process.wait(), within)
         except TimeoutError:
             process.kill()
             await asyncio.wait_for(process.wait(), STOP_TIMEOUT_SECONDS)
-            out, err = printed()
-            raise ProcessError(
-                f"userapi {' '.join(args)} did not finish within {within:.0f} s\n"
-                f"--- stdout (last lines) ---\n{tail(out)}\n"
-                f"--- stderr (last lines) ---\n{tail(err)}"
-            ) from None
+            raise _did_not_finish(["userapi", *args], within, *printed()) from None
         out, err = printed()
-    return CliResult(returncode, out, err)
+    return CliResult(returncode, out.decode(), err.decode())
 
 
 @dataclass
