@@ -30,6 +30,7 @@ import contextlib
 import io
 import json
 import os
+import resource
 import select
 import selectors
 import signal
@@ -86,6 +87,12 @@ def _exit_status(pid: int) -> int | None:
     return found.si_status if found.si_code == os.CLD_EXITED else -found.si_status
 
 
+def limit_open_files(limit: int) -> None:
+    """This process's soft `ulimit -n` becomes `limit` (in a child, before it starts)."""
+    _, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (limit, hard))
+
+
 def _fresh_stdio(env: Mapping[str, str]) -> None:
     """stdout and stderr as a new interpreter with this environment would open them: block
     buffered (stderr line buffered), or written through under PYTHONUNBUFFERED."""
@@ -115,10 +122,7 @@ def _run_child(request: dict[str, Any], fds: list[int], inherited: list[Any]) ->
     if request["new_session"]:
         os.setsid()
     if request["open_files"] is not None:
-        import resource
-
-        _, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-        resource.setrlimit(resource.RLIMIT_NOFILE, (request["open_files"], hard))
+        limit_open_files(request["open_files"])
     os.chdir(request["cwd"])
     os.environ.clear()
     os.environ.update(request["env"])
@@ -278,9 +282,6 @@ class ForkedProcess:
 
     def kill(self) -> None:
         self.send_signal(signal.SIGKILL)
-
-    def terminate(self) -> None:
-        self.send_signal(signal.SIGTERM)
 
     def __del__(self) -> None:
         self._connection.close()  # lets the forkserver reap it

@@ -11,12 +11,11 @@ start, to stop, or of the test itself while a server runs carries the tail of th
 import asyncio
 import contextlib
 import os
-import resource
 import signal
 import socket
 import tempfile
 import uuid
-from collections.abc import AsyncIterator, Callable, Mapping, Sequence
+from collections.abc import AsyncIterator, Mapping, Sequence
 from contextlib import AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,7 +23,7 @@ from pathlib import Path
 import httpx
 
 from tests.factories import FAST_HASHING, GENEROUS_RATE, TEST_SECRET
-from tests.forkserver import USERAPI, ForkedProcess, fork_userapi, forks
+from tests.forkserver import USERAPI, ForkedProcess, fork_userapi, forks, limit_open_files
 
 CLI_TIMEOUT_SECONDS = 120.0
 # Generous: a loaded CI machine runs migrations and imports slowly. A server that dies
@@ -272,16 +271,6 @@ def _new_log(workdir: Path) -> Path:
     raise ProcessError(f"no free userapi-serve-N.log name left in {workdir}")
 
 
-def _open_files_limit(limit: int) -> Callable[[], None]:
-    """Run in the child before it starts: its soft `ulimit -n` becomes `limit`."""
-
-    def apply() -> None:
-        _, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-        resource.setrlimit(resource.RLIMIT_NOFILE, (limit, hard))
-
-    return apply
-
-
 async def _spawn(
     workdir: Path,
     env: Mapping[str, str],
@@ -295,9 +284,10 @@ async def _spawn(
         options, env = [], dict(env) | {"HOST": host_from_env, "PORT": str(port)}
     else:
         options = ["--port", str(port)]
+    process: asyncio.subprocess.Process | ForkedProcess
     with log_path.open("wb") as log:  # the child keeps its own copy of the descriptor
         if forks(USERAPI, env):
-            forked = fork_userapi(
+            process = fork_userapi(
                 ["serve", *options, *args],
                 env=env,
                 cwd=workdir,
@@ -306,20 +296,20 @@ async def _spawn(
                 new_session=True,
                 open_files=open_files,
             )
-            return Server(forked, f"http://{host_from_env or '127.0.0.1'}:{port}", log_path)
-        process = await asyncio.create_subprocess_exec(
-            USERAPI,
-            "serve",
-            *options,
-            *args,
-            cwd=workdir,
-            env=env,
-            stdin=asyncio.subprocess.DEVNULL,
-            stdout=log,
-            stderr=asyncio.subprocess.STDOUT,
-            start_new_session=True,  # a process group of its own, workers included (_stop)
-            preexec_fn=_open_files_limit(open_files) if open_files else None,
-        )
+        else:
+            process = await asyncio.create_subprocess_exec(
+                USERAPI,
+                "serve",
+                *options,
+                *args,
+                cwd=workdir,
+                env=env,
+                stdin=asyncio.subprocess.DEVNULL,
+                stdout=log,
+                stderr=asyncio.subprocess.STDOUT,
+                start_new_session=True,  # a process group of its own, workers too (_stop)
+                preexec_fn=(lambda: limit_open_files(open_files)) if open_files else None,
+            )
     return Server(process, f"http://{host_from_env or '127.0.0.1'}:{port}", log_path)
 
 
