@@ -28,6 +28,7 @@ from kernel import migrations
 from kernel.db import Database, metadata
 from kernel.settings import Settings, load_settings
 from kernel.slices import load_tables
+from tests.compiled_statements import share_compiled_statements
 from tests.factories import (
     FAST_HASHING,
     GENEROUS_RATE,
@@ -59,6 +60,7 @@ def pytest_xdist_auto_num_workers(config: pytest.Config) -> Generator[None, int,
 
 def pytest_collection_finish(session: pytest.Session) -> None:
     collect_less_often()
+    share_compiled_statements()
 
 
 @pytest.hookimpl(wrapper=True)
