@@ -189,6 +189,14 @@ class MailSender:
 
     async def run_forever(self) -> None:
         """`userapi send-mail`: poll until request_stop()."""
+        # Logged once SIGTERM finishes the current mail and exits 0 (the command installs
+        # that handler first): a SIGTERM before this line ends a process that has claimed
+        # nothing yet, by the signal.
+        log.info(
+            "mail sender started: outbox polled every %g s, mail sent by %s",
+            self._settings.mail_poll_seconds,
+            self._settings.resolved_mail_backend,
+        )
         await self._run()
 
     async def _run(self) -> None:

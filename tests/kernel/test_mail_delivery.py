@@ -31,6 +31,7 @@ from tests.forkserver import USERAPI
 from tests.kernel.helpers import slice_folder, unique_name
 from tests.mail import Mailbox, code_in, text_of, token_in
 from tests.servers import (
+    START_TIMEOUT_SECONDS,
     STOP_TIMEOUT_SECONDS,
     CliResult,
     log_tail,
@@ -199,16 +200,30 @@ async def test_a_mail_waits_for_a_mail_server_that_is_down(
 # --- 3. two senders on one database -------------------------------------------------------
 
 
+STARTED_LINE = "INFO userapi.mail mail sender started: "
+
+
 @dataclass
 class SendMailProcess:
     process: asyncio.subprocess.Process
     log_path: Path
 
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
     def report(self) -> str:
         return f"--- userapi send-mail (pid {self.process.pid}) ---\n{log_tail(self.log_path)}"
 
     async def stop(self) -> int:
-        """SIGTERM, as an orchestrator stops it; its exit status."""
+        """SIGTERM once it has started, as an orchestrator stops it; its exit status.
+
+        A worker whose partner delivered everything may still be starting up; stopped
+        then, it would die of the signal, having done nothing."""
+        await wait_until(
+            lambda: self.process.returncode is not None or STARTED_LINE in self.log(),
+            within=START_TIMEOUT_SECONDS,
+            what=f"send-mail started\n{self.report()}",
+        )
         if self.process.returncode is None:
             self.process.send_signal(signal.SIGTERM)
         try:
