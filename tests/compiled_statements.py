@@ -44,7 +44,7 @@ def _dialect_kind(dialect: Dialect) -> Hashable:
 
 
 class _CompiledByKind:
-    """The mapping SQLAlchemy reads (`get`) and fills (`[key] = compiled`)."""
+    """What SQLAlchemy asks of a compiled cache: `get`, and `[key] = compiled`."""
 
     def __init__(self) -> None:
         self._compiled: LRUCache[Any, Any] = LRUCache(_CAPACITY)
@@ -58,20 +58,8 @@ class _CompiledByKind:
     def get(self, key: Any, default: Any = None) -> Any:
         return self._compiled.get(self._key(key), default)
 
-    def __getitem__(self, key: Any) -> Any:
-        return self._compiled[self._key(key)]
-
     def __setitem__(self, key: Any, compiled: Any) -> None:
         self._compiled[self._key(key)] = compiled
-
-    def __contains__(self, key: Any) -> bool:
-        return self._key(key) in self._compiled
-
-    def __len__(self) -> int:
-        return len(self._compiled)
-
-    def clear(self) -> None:
-        self._compiled.clear()
 
 
 _SHARED = _CompiledByKind()

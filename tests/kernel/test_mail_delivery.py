@@ -269,10 +269,9 @@ MAILS = 30
 SENT_LINE = re.compile(r"INFO userapi\.mail mail ([0-9a-f-]{36}) \(\w+\) sent to ")
 
 
-def sent_in_log(path: Path) -> list[str]:
+def sent_in_log(log: str) -> list[str]:
     """The Message-IDs of the mails a `userapi send-mail` log says it sent."""
-    text = path.read_text(errors="replace")
-    return [f"<{uuid.UUID(found).hex}@userapi>" for found in SENT_LINE.findall(text)]
+    return [f"<{uuid.UUID(found).hex}@userapi>" for found in SENT_LINE.findall(log)]
 
 
 async def test_two_send_mail_processes_deliver_each_mail_exactly_once(
@@ -304,7 +303,7 @@ async def test_two_send_mail_processes_deliver_each_mail_exactly_once(
     assert len(set(message_ids)) == MAILS, f"a mail was delivered twice\n{reports}"
     assert sorted(str(message["To"]) for message in mailbox.received) == sorted(addresses)
     # What the operator reads: each mail logged as sent once, by one of the two workers.
-    logged = [sent_in_log(sender.log_path) for sender in senders]
+    logged = [sent_in_log(sender.log()) for sender in senders]
     split = f"sent by each worker: {[len(each) for each in logged]}"
     every_logged = [mail_id for each in logged for mail_id in each]
     assert sorted(every_logged) == sorted(message_ids), f"{split}\n{reports}"
